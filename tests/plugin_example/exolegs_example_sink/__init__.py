@@ -1,0 +1,1 @@
+"""Placeholder until the sink base class lands."""

@@ -1,0 +1,289 @@
+"""One typed, validated view of the environment, built once at start-up.
+
+Nothing in exolegs reads ``os.environ`` except :meth:`Settings.from_env`.
+Tests build settings from a plain mapping.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from worker.errors import SettingsError
+
+REGION_HOSTS = {"sg": "https://ccm-api.exotel.com", "in": "https://ccm-api.in.exotel.com"}
+CALL_SID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_PERIODS = {"second": 1.0, "minute": 60.0, "hour": 3600.0}
+_RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(second|minute|hour)s?\s*$", re.IGNORECASE)
+_SECRET_NAMES = ("TOKEN", "SECRET", "PASSWORD", "DSN", "KEY", "AUTH")
+
+
+@dataclass(frozen=True)
+class Rate:
+    """``count`` requests per ``period`` seconds."""
+
+    count: float
+    period: float
+
+    @property
+    def per_second(self) -> float:
+        return self.count / self.period
+
+    def __str__(self) -> str:
+        name = {1.0: "second", 60.0: "minute", 3600.0: "hour"}.get(self.period, "?")
+        count = int(self.count) if self.count == int(self.count) else self.count
+        return f"{count}/{name}"
+
+
+def parse_rate(variable: str, text: str) -> Rate:
+    match = _RATE_RE.match(text)
+    if not match or float(match.group(1)) <= 0:
+        raise SettingsError(variable, f"expected N/second, N/minute or N/hour, got {text!r}")
+    return Rate(float(match.group(1)), _PERIODS[match.group(2).lower()])
+
+
+@dataclass(frozen=True)
+class Settings:
+    exotel_account_sid: str | None = None
+    exotel_api_key: str | None = None
+    exotel_api_token: str | None = field(default=None, repr=False)
+    exotel_region: str = "sg"
+    exotel_base_url: str | None = None
+    exotel_rate_limit: Rate = Rate(200, 60)
+    exotel_timeout_seconds: float = 10.0
+    callback_tokens: tuple[str, ...] = field(default=(), repr=False)
+    callback_basic_auth: tuple[str, str] | None = field(default=None, repr=False)
+    callback_allowed_ips: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    trusted_proxies: int = 0
+    callback_rate_limit: Rate | None = None
+    redis_url: str = field(default="redis://localhost:6379/0", repr=False)
+    sinks: tuple[str, ...] = field(default=("jsonl://./var/calls.jsonl",), repr=False)
+    fetch_delay_seconds: float = 30.0
+    retry_base_seconds: float = 5.0
+    retry_max_seconds: float = 600.0
+    retry_max_attempts: int = 12
+    retention_hours: float = 48.0
+    job_lease_seconds: float = 120.0
+    spool_dir: Path = Path("./var/spool")
+    default_country: str = "IN"
+    sentry_dsn: str | None = field(default=None, repr=False)
+    log_level: str = "INFO"
+    log_format: str = "console"
+    port: int = 8000
+    web_concurrency: int = 2
+    worker_concurrency: int | None = None
+    max_body_bytes: int = 64 * 1024
+
+    # ------------------------------------------------------------------ build
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, *, dotenv: bool = True) -> Settings:
+        """Validate every variable; the first bad one raises :class:`SettingsError`.
+
+        With no mapping, reads ``os.environ`` over a ``.env`` file in the
+        working directory (the environment wins).
+        """
+        if env is None:
+            merged: dict[str, str] = {}
+            if dotenv and Path(".env").is_file():
+                from dotenv import dotenv_values
+
+                merged.update({k: v for k, v in dotenv_values(".env").items() if v is not None})
+            merged.update(os.environ)
+            env = merged
+        return cls(**_parse(env))
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+    # ------------------------------------------------------------ derived
+    @property
+    def exotel_url(self) -> str:
+        """Scheme and host (and port) the legs API is called on."""
+        return (self.exotel_base_url or REGION_HOSTS[self.exotel_region]).rstrip("/")
+
+    @property
+    def exotel_configured(self) -> bool:
+        return bool(self.exotel_account_sid and self.exotel_api_key and self.exotel_api_token)
+
+    @property
+    def retention_seconds(self) -> int:
+        return int(self.retention_hours * 3600)
+
+    def secrets(self) -> list[str]:
+        """Every secret value, so logs and errors can be scrubbed of them."""
+        found = [self.exotel_api_token, self.sentry_dsn, *self.callback_tokens]
+        if self.callback_basic_auth:
+            found.append(self.callback_basic_auth[1])
+        found.extend(_url_secrets(self.redis_url))
+        for url in self.sinks:
+            found.extend(_url_secrets(url))
+        if self.exotel_api_key and self.exotel_api_token:
+            import base64
+
+            pair = f"{self.exotel_api_key}:{self.exotel_api_token}".encode()
+            found.append(base64.b64encode(pair).decode())
+        return [s for s in found if s and len(s) >= 4]
+
+
+def _url_secrets(url: str) -> list[str]:
+    """Passwords and secret-looking query values inside a URL."""
+    from urllib.parse import parse_qsl
+
+    parts = urlsplit(url)
+    found = [parts.password] if parts.password else []
+    for key, value in parse_qsl(parts.query):
+        if any(word in key.upper() for word in _SECRET_NAMES) and value:
+            found.append(value)
+    return [s for s in found if s]
+
+
+def _get(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name)
+    if value is None:
+        return None
+    value = value.strip()
+    return value or None
+
+
+def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float = 0) -> float:
+    raw = _get(env, name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(name, f"expected a number, got {raw!r}") from None
+    if value < minimum or value != value or value in (float("inf"), float("-inf")):
+        raise SettingsError(name, f"must be a number >= {minimum:g}, got {raw!r}")
+    return value
+
+
+def _integer(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
+    raw = _get(env, name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(name, f"expected a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(name, f"must be >= {minimum}, got {raw!r}")
+    return value
+
+
+def _parse(env: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    out["exotel_account_sid"] = _get(env, "EXOTEL_ACCOUNT_SID")
+    if out["exotel_account_sid"] and not CALL_SID_RE.fullmatch(out["exotel_account_sid"]):
+        raise SettingsError("EXOTEL_ACCOUNT_SID", "must be letters, digits, '_' or '-'")
+    out["exotel_api_key"] = _get(env, "EXOTEL_API_KEY")
+    out["exotel_api_token"] = _get(env, "EXOTEL_API_TOKEN")
+    creds = [out["exotel_account_sid"], out["exotel_api_key"], out["exotel_api_token"]]
+    if any(creds) and not all(creds):
+        missing = [
+            n
+            for n, v in zip(
+                ("EXOTEL_ACCOUNT_SID", "EXOTEL_API_KEY", "EXOTEL_API_TOKEN"), creds, strict=True
+            )
+            if not v
+        ]
+        raise SettingsError(missing[0], "must be set together with the other EXOTEL_* credentials")
+    region = (_get(env, "EXOTEL_REGION") or "sg").lower()
+    if region not in REGION_HOSTS:
+        raise SettingsError("EXOTEL_REGION", f"must be 'sg' or 'in', got {region!r}")
+    out["exotel_region"] = region
+    base = _get(env, "EXOTEL_BASE_URL")
+    if base is not None:
+        parts = urlsplit(base)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise SettingsError("EXOTEL_BASE_URL", "must look like https://host[:port]")
+    out["exotel_base_url"] = base
+    out["exotel_rate_limit"] = parse_rate(
+        "EXOTEL_RATE_LIMIT", _get(env, "EXOTEL_RATE_LIMIT") or "200/minute"
+    )
+    out["exotel_timeout_seconds"] = _number(env, "EXOTEL_TIMEOUT_SECONDS", 10.0, minimum=0.1)
+
+    tokens = tuple(t.strip() for t in (_get(env, "CALLBACK_TOKEN") or "").split(",") if t.strip())
+    for token in tokens:
+        if not re.fullmatch(r"[A-Za-z0-9._~-]{16,256}", token):
+            raise SettingsError(
+                "CALLBACK_TOKEN",
+                "each token must be 16 or more URL-safe characters (letters, digits, . _ ~ -)",
+            )
+    out["callback_tokens"] = tokens
+    basic = _get(env, "CALLBACK_BASIC_AUTH")
+    if basic is not None:
+        user, sep, password = basic.partition(":")
+        if not sep or not user or not password:
+            raise SettingsError("CALLBACK_BASIC_AUTH", "expected user:password")
+        out["callback_basic_auth"] = (user, password)
+    nets = []
+    for item in re.split(r"[,\s]+", _get(env, "CALLBACK_ALLOWED_IPS") or ""):
+        if not item:
+            continue
+        try:
+            nets.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise SettingsError(
+                "CALLBACK_ALLOWED_IPS", f"{item!r} is not an IP address or CIDR network"
+            ) from None
+    out["callback_allowed_ips"] = tuple(nets)
+    out["trusted_proxies"] = _integer(env, "TRUSTED_PROXIES", 0)
+    crl = _get(env, "CALLBACK_RATE_LIMIT")
+    out["callback_rate_limit"] = parse_rate("CALLBACK_RATE_LIMIT", crl) if crl else None
+
+    redis_url = _get(env, "REDIS_TLS_URL") or _get(env, "REDIS_URL") or "redis://localhost:6379/0"
+    if urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
+        name = "REDIS_TLS_URL" if _get(env, "REDIS_TLS_URL") else "REDIS_URL"
+        raise SettingsError(name, "must start with redis://, rediss:// or unix://")
+    out["redis_url"] = redis_url
+    sinks = tuple(s for s in re.split(r"[,\s]+", _get(env, "SINKS") or "") if s)
+    out["sinks"] = sinks or ("jsonl://./var/calls.jsonl",)
+    for url in out["sinks"]:
+        if "://" not in url:
+            raise SettingsError("SINKS", f"{_mask_url(url)!r} is not a URL (scheme://...)")
+
+    out["fetch_delay_seconds"] = _number(env, "FETCH_DELAY_SECONDS", 30.0)
+    out["retry_base_seconds"] = _number(env, "RETRY_BASE_SECONDS", 5.0, minimum=0.01)
+    out["retry_max_seconds"] = _number(env, "RETRY_MAX_SECONDS", 600.0, minimum=0.01)
+    if out["retry_max_seconds"] < out["retry_base_seconds"]:
+        raise SettingsError("RETRY_MAX_SECONDS", "must be >= RETRY_BASE_SECONDS")
+    out["retry_max_attempts"] = _integer(env, "RETRY_MAX_ATTEMPTS", 12, minimum=1)
+    out["retention_hours"] = _number(env, "RETENTION_HOURS", 48.0, minimum=0.01)
+    out["job_lease_seconds"] = _number(env, "JOB_LEASE_SECONDS", 120.0, minimum=1)
+    out["spool_dir"] = Path(_get(env, "SPOOL_DIR") or "./var/spool")
+
+    country = (_get(env, "DEFAULT_COUNTRY") or "IN").upper()
+    import phonenumbers
+
+    if country not in phonenumbers.SUPPORTED_REGIONS:
+        raise SettingsError("DEFAULT_COUNTRY", f"{country!r} is not an ISO 3166 region code")
+    out["default_country"] = country
+    out["sentry_dsn"] = _get(env, "SENTRY_DSN")
+    level = (_get(env, "LOG_LEVEL") or "INFO").upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise SettingsError("LOG_LEVEL", f"must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
+    out["log_level"] = level
+    fmt = (_get(env, "LOG_FORMAT") or "console").lower()
+    if fmt not in ("json", "console"):
+        raise SettingsError("LOG_FORMAT", f"must be json or console, got {fmt!r}")
+    out["log_format"] = fmt
+    out["port"] = _integer(env, "PORT", 8000, minimum=1)
+    if out["port"] > 65535:
+        raise SettingsError("PORT", "must be a TCP port (1-65535)")
+    out["web_concurrency"] = _integer(env, "WEB_CONCURRENCY", 2, minimum=1)
+    wc = _get(env, "WORKER_CONCURRENCY")
+    out["worker_concurrency"] = _integer(env, "WORKER_CONCURRENCY", 1, minimum=1) if wc else None
+    return out
+
+
+def _mask_url(url: str) -> str:
+    from worker.redact import mask_url
+
+    return mask_url(url)

@@ -1,0 +1,78 @@
+"""Find sinks through the ``exolegs.sinks`` entry points and build them from URLs.
+
+Only the entry point a URL names is imported, so a broken third-party plugin
+never stops the sinks that do work.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import EntryPoint, entry_points
+from urllib.parse import urlsplit
+
+from worker.errors import SettingsError
+from worker.redact import mask_url
+from worker.sinks.base import Sink, SinkContext
+
+GROUP = "exolegs.sinks"
+
+
+def entry_point_map() -> dict[str, EntryPoint]:
+    return {ep.name: ep for ep in entry_points(group=GROUP)}
+
+
+def load(name: str) -> type[Sink]:
+    eps = entry_point_map()
+    if name not in eps:
+        known = ", ".join(sorted(eps))
+        raise SettingsError("SINKS", f"no sink is registered for {name!r}; installed: {known}")
+    ep = eps[name]
+    try:
+        cls = ep.load()
+    except Exception as err:
+        raise SettingsError("SINKS", f"sink {name} ({ep.value}) failed to import: {err}") from err
+    if not (isinstance(cls, type) and issubclass(cls, Sink)):
+        raise SettingsError("SINKS", f"entry point {name} ({ep.value}) is not a Sink subclass")
+    return cls
+
+
+def available() -> dict[str, type[Sink] | Exception]:
+    """Every registered sink, or the error that stops it loading."""
+    found: dict[str, type[Sink] | Exception] = {}
+    for name in sorted(entry_point_map()):
+        try:
+            found[name] = load(name)
+        except SettingsError as err:
+            found[name] = err
+    return found
+
+
+def scheme_of(url: str) -> str:
+    """``webhook+https://h/p`` -> ``webhook``; ``jsonl:///x`` -> ``jsonl``."""
+    return urlsplit(url).scheme.split("+", 1)[0].lower()
+
+
+def build_sink(url: str, context: SinkContext) -> Sink:
+    cls = load(scheme_of(url))
+    try:
+        return cls(url, context)
+    except SettingsError:
+        raise
+    except Exception as err:
+        raise SettingsError("SINKS", f"{mask_url(url)}: {err}") from err
+
+
+def build_sinks(urls: tuple[str, ...] | list[str], context: SinkContext) -> dict[str, Sink]:
+    """All configured sinks by unique name (a repeated name gets ``-2``, ``-3``...).
+
+    Give a sink ``?name=`` in its URL to keep its name (and so its delivery
+    ledger) stable when the list of sinks is reordered.
+    """
+    sinks: dict[str, Sink] = {}
+    for url in urls:
+        sink = build_sink(url, context)
+        base, n = sink.name, 2
+        while sink.name in sinks:
+            sink.name = f"{base}-{n}"
+            n += 1
+        sinks[sink.name] = sink
+    return sinks
