@@ -1,0 +1,48 @@
+"""The delivery ledger: which sinks already have which call.
+
+One Redis hash per call (``exolegs:ledger:<call_sid>``), one field per sink
+name. A sink that succeeded is never called again for that call unless a
+replay says ``force``. This is what makes sinks without a natural upsert
+idempotent on ``call_sid``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from worker import keys
+
+if TYPE_CHECKING:
+    from redis import Redis
+
+    from worker.sinks.base import CallRecord, Sink
+
+
+def delivered(redis: Redis, call_sid: str, sink_name: str) -> bool:
+    return bool(redis.hexists(keys.ledger(call_sid), sink_name))
+
+
+def mark_delivered(redis: Redis, call_sid: str, sink_name: str, retention_seconds: int) -> None:
+    key = keys.ledger(call_sid)
+    pipe = redis.pipeline()
+    pipe.hset(key, sink_name, f"{time.time():.3f}")
+    pipe.expire(key, retention_seconds)
+    pipe.execute()
+
+
+def deliver_once(
+    redis: Redis,
+    sink: Sink,
+    record: CallRecord,
+    *,
+    retention_seconds: int,
+    force: bool = False,
+) -> bool:
+    """Deliver unless the ledger says this sink has the call; True when delivered now."""
+    call_sid = str(record["call_sid"])
+    if not force and delivered(redis, call_sid, sink.name):
+        return False
+    sink.deliver(record)
+    mark_delivered(redis, call_sid, sink.name, retention_seconds)
+    return True
