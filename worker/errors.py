@@ -157,3 +157,12 @@ def http_error(
         retry_after=retry_after,
         upstream_status=status,
     )
+
+
+class Deferred(Exception):
+    """Not a failure: the job must wait (for a rate-limit slot or a circuit probe)."""
+
+    def __init__(self, delay: float, reason: str) -> None:
+        super().__init__(reason)
+        self.delay = delay
+        self.reason = reason

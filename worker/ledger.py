@@ -19,8 +19,17 @@ if TYPE_CHECKING:
     from worker.sinks.base import CallRecord, Sink
 
 
+PENDING = "pending"
+
+
+def _state(redis: Redis, call_sid: str, sink_name: str) -> str | None:
+    raw = redis.hget(keys.ledger(call_sid), sink_name)
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
 def delivered(redis: Redis, call_sid: str, sink_name: str) -> bool:
-    return bool(redis.hexists(keys.ledger(call_sid), sink_name))
+    state = _state(redis, call_sid, sink_name)
+    return state is not None and not state.startswith(PENDING)
 
 
 def mark_delivered(redis: Redis, call_sid: str, sink_name: str, retention_seconds: int) -> None:
@@ -41,8 +50,19 @@ def deliver_once(
 ) -> bool:
     """Deliver unless the ledger says this sink has the call; True when delivered now."""
     call_sid = str(record["call_sid"])
-    if not force and delivered(redis, call_sid, sink.name):
-        return False
+    state = _state(redis, call_sid, sink.name)
+    if not force and state is not None:
+        if not state.startswith(PENDING):
+            return False
+        # An earlier attempt died mid-delivery: ask the destination before writing again.
+        if not sink.native_idempotency and sink.lookup(call_sid):
+            mark_delivered(redis, call_sid, sink.name, retention_seconds)
+            return False
+    key = keys.ledger(call_sid)
+    pipe = redis.pipeline()
+    pipe.hset(key, sink.name, f"{PENDING}:{time.time():.3f}")
+    pipe.expire(key, retention_seconds)
+    pipe.execute()
     sink.deliver(record)
     mark_delivered(redis, call_sid, sink.name, retention_seconds)
     return True

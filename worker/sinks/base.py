@@ -63,6 +63,15 @@ class Sink(ABC):
     def deliver(self, record: CallRecord) -> None:
         """Write one record; raise an ExolegsError subclass on failure."""
 
+    def lookup(self, call_sid: str) -> bool | None:
+        """Does the destination already hold this call? None when it cannot tell.
+
+        Asked only before retrying a delivery whose outcome is unknown (the
+        worker died between writing and recording it), so a sink without a
+        natural upsert can avoid a second copy.
+        """
+        return None
+
     def check(self) -> str:
         """One harmless call proving the sink is usable; returns what was checked."""
         return "configuration parsed"

@@ -52,6 +52,17 @@ class JsonlSink(Sink):
         finally:
             os.close(fd)
 
+    def lookup(self, call_sid: str) -> bool | None:
+        """Scan the file for the call: only after a delivery whose outcome is unknown."""
+        needle = f'"call_sid":{json.dumps(call_sid)}'.encode()
+        try:
+            with self.path.open("rb") as fh:
+                return any(needle in line for line in fh)
+        except FileNotFoundError:
+            return False
+        except OSError as err:
+            raise TransientError(f"jsonl sink cannot read {self.path}: {err}") from err
+
     def check(self) -> str:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists() and not os.access(self.path, os.W_OK):

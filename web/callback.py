@@ -1,0 +1,59 @@
+"""The callback endpoint: parse, authenticate, dedupe, enqueue; nothing more.
+
+It answers in milliseconds: one Lua call to Redis books the legs fetch. When
+Redis is unreachable the callback goes to the disk spool and is still
+acknowledged; only if the spool cannot be written either does Exotel get a
+503 (and retry).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, current_app, jsonify, request
+from flask.typing import ResponseReturnValue
+from redis.exceptions import RedisError
+
+from web.payload import PayloadError, decode_body
+from worker.callbacks import CallbackError, event_from_fields
+
+bp = Blueprint("callback", __name__)
+log = logging.getLogger("exolegs.web")
+
+
+def error(status: int, message: str) -> ResponseReturnValue:
+    return jsonify(error=message), status
+
+
+@bp.route("/exotel/callback/<token>", methods=["GET", "POST"])
+def callback(token: str) -> ResponseReturnValue:
+    edge = current_app.extensions["exolegs"]
+    refusal = edge.guard.check(request, token)
+    if refusal is not None:
+        return error(*refusal)
+    try:
+        body = request.get_data(cache=False)
+        fields = decode_body(request.content_type, body, list(request.args.items(multi=True)))
+        event = event_from_fields(fields)
+    except PayloadError as err:
+        return error(err.status, str(err))
+    except CallbackError as err:
+        return error(400, str(err))
+    try:
+        accepted = edge.runtime.intake.accept(event)
+    except RedisError as err:
+        try:
+            edge.spool.write(fields)
+        except OSError as disk:
+            log.error(
+                "call %s: Redis unreachable (%s) and spool %s not writable (%s); "
+                "answered 503 so Exotel retries",
+                event.call_sid,
+                err,
+                edge.spool.dir,
+                disk,
+            )
+            return error(503, "temporarily unable to accept callbacks; retry later")
+        log.warning("call %s: Redis unreachable (%s); callback spooled", event.call_sid, err)
+        return jsonify(accepted=True, call_sid=event.call_sid, duplicate=False, spooled=True)
+    return jsonify(accepted=True, call_sid=event.call_sid, duplicate=accepted.duplicate)

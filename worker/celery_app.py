@@ -1,0 +1,75 @@
+"""The Celery app: the project's only module-level global, configured at start-up."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from typing import Any
+
+from celery import Celery, signals
+
+from worker.settings import Settings
+
+log = logging.getLogger("exolegs.worker")
+
+app = Celery("exolegs")
+app.conf.update(task_default_queue="exolegs")
+
+# Broker redelivery backstop. The job book re-dispatches a killed worker's job
+# after JOB_LEASE_SECONDS; this only bounds how long a stale message lingers.
+VISIBILITY_TIMEOUT = 300
+
+
+def configure(settings: Settings) -> Celery:
+    """Point the app at Redis and apply the reliability settings (docs/reliability.md)."""
+    options: dict[str, Any] = {"visibility_timeout": VISIBILITY_TIMEOUT}
+    conf: dict[str, Any] = dict(
+        broker_url=settings.redis_url,
+        broker_transport_options=options,
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        result_backend=None,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        worker_soft_shutdown_timeout=20.0,
+        worker_enable_soft_shutdown_on_idle=True,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        task_soft_time_limit=int(settings.job_lease_seconds * 0.5),
+        task_time_limit=int(settings.job_lease_seconds * 0.75),
+        exolegs_settings=settings,
+    )
+    if settings.redis_url.startswith("rediss://") and "ssl_cert_reqs" not in settings.redis_url:
+        conf["broker_use_ssl"] = {"ssl_cert_reqs": ssl.CERT_NONE}
+    app.conf.update(conf)
+    return app
+
+
+def current_settings() -> Settings:
+    settings = app.conf.get("exolegs_settings")
+    if settings is None:
+        # A bare `celery -A worker.celery_app worker` start: build them now, once.
+        settings = Settings.from_env()
+        configure(settings)
+    assert isinstance(settings, Settings)
+    return settings
+
+
+@signals.worker_ready.connect
+def _start_pump(sender: Any = None, **_: Any) -> None:
+    from worker.tasks import start_pump
+
+    start_pump()
+
+
+@signals.worker_shutting_down.connect
+def _stop_pump(**_: Any) -> None:
+    from worker.tasks import stop_pump
+
+    stop_pump()

@@ -1,0 +1,287 @@
+"""The ``exolegs`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from worker.errors import ExolegsError, SettingsError
+from worker.settings import CALL_SID_RE, Settings
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+# ----------------------------------------------------------------- processes
+def cmd_web(args: argparse.Namespace) -> int:
+    from web.server import serve
+
+    settings = _settings()
+    if not settings.callback_tokens:
+        raise SettingsError("CALLBACK_TOKEN", "must be set before the web process can start")
+    serve(settings)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from worker.logs import configure_logging, init_sentry
+
+    settings = _settings()
+    configure_logging(settings)
+    init_sentry(settings, web=False)
+    from worker.celery_app import configure
+    from worker.runtime import Runtime
+
+    Runtime(settings).sinks  # noqa: B018 - fail now, in one line, on a bad sink URL
+    app = configure(settings)
+    import worker.tasks  # noqa: F401 - registers the tasks
+
+    argv = [
+        "worker",
+        "-Q",
+        "exolegs",
+        "--loglevel",
+        settings.log_level,
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    concurrency = args.concurrency or settings.worker_concurrency
+    if concurrency:
+        argv += ["--concurrency", str(concurrency)]
+    if args.pool:
+        argv += ["--pool", args.pool]
+    app.worker_main(argv)
+    return 0
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from worker.dev import run_dev
+
+    return run_dev(simulate=args.simulate)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from worker.settings import parse_rate
+    from worker.simulator import SimulatorConfig, serve
+
+    config = SimulatorConfig(
+        latency_ms=args.latency_ms,
+        fail_rate=args.fail_rate,
+        fail_code=args.fail_code,
+        rate_limit=parse_rate("--rate-limit", args.rate_limit) if args.rate_limit else None,
+    )
+    print(
+        f"Exotel simulator on http://{args.host}:{args.port} "
+        f"(account {config.account_sid}, key {config.api_key}, token {config.api_token})",
+        flush=True,
+    )
+    serve(config, host=args.host, port=args.port)
+    return 0
+
+
+# ---------------------------------------------------------------- one-shots
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from worker.enrich import build_record, leg_details_of
+    from worker.exotel import ExotelClient
+
+    if not CALL_SID_RE.fullmatch(args.call_sid):
+        raise SettingsError("CALL_SID", "must be letters, digits, '_' or '-' (at most 64)")
+    settings = _settings()
+    callback: dict[str, Any] = {}
+    direction = status = None
+    try:
+        from worker.intake import terminal_callback
+        from worker.runtime import connect
+
+        callback, status, direction = terminal_callback(connect(settings.redis_url), args.call_sid)
+    except Exception:  # noqa: BLE001, S110 - the callback is optional for a manual fetch
+        pass
+    body = ExotelClient(settings).fetch_legs(args.call_sid)
+    record = build_record(
+        leg_details_of(body),
+        callback,
+        default_country=settings.default_country,
+        fetched_at=datetime.now(UTC),
+        direction=direction,
+        status=status,
+    )
+    print(json.dumps(record, indent=2, ensure_ascii=False))
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from worker.checks import run_check
+
+    return run_check()
+
+
+# ------------------------------------------------------------- dead letters
+def _dead() -> Any:
+    from worker.runtime import Runtime
+
+    return Runtime(_settings()).dead
+
+
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts)) if ts else "-"
+
+
+def cmd_dead_list(args: argparse.Namespace) -> int:
+    letters = list(_dead())
+    if args.json:
+        print(json.dumps([_dead_json(d) for d in letters], indent=2))
+        return 0
+    if not letters:
+        print("no dead letters")
+        return 0
+    print(f"{'CALL SID':34} {'SINK':14} {'ATTEMPTS':>8}  FAILED AT             REASON")
+    for d in letters:
+        print(
+            f"{d.call_sid:34} {d.sink or '(fetch)':14} {d.attempts:>8}  {_when(d.failed_at):20}  "
+            f"{d.reason}: {d.last_error[:80]}"
+        )
+    return 0
+
+
+def _dead_json(d: Any) -> dict[str, Any]:
+    out: dict[str, Any] = d.to_json()
+    out["failed_at"] = _when(d.failed_at)
+    out["first_attempt_at"] = _when(d.first_attempt_at)
+    out["last_attempt_at"] = _when(d.last_attempt_at)
+    return out
+
+
+def cmd_dead_show(args: argparse.Namespace) -> int:
+    letters = _dead().for_call(args.call_sid)
+    if not letters:
+        print(f"no dead letter for call {args.call_sid}", file=sys.stderr)
+        return 1
+    print(json.dumps([_dead_json(d) for d in letters], indent=2, ensure_ascii=False))
+    return 0
+
+
+def cmd_dead_replay(args: argparse.Namespace) -> int:
+    dead = _dead()
+    if args.all:
+        letters = list(dead)
+    elif args.call_sid:
+        letters = dead.for_call(args.call_sid)
+    else:
+        raise SettingsError("dead replay", "give a CALL_SID or --all")
+    total = len(letters)
+    for n, letter in enumerate(letters, 1):
+        dead.replay(letter, force=args.force)
+        if total > 20 and (n % 50 == 0 or n == total):
+            print(f"replayed {n}/{total}", file=sys.stderr, flush=True)
+    print(f"replayed {total} dead letter(s){' (forced past the ledger)' if args.force else ''}")
+    return 0 if total or args.all else 1
+
+
+def _duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    try:
+        return float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
+    except (ValueError, IndexError):
+        raise argparse.ArgumentTypeError(
+            f"expected a duration like 30d or 12h, got {text!r}"
+        ) from None
+
+
+def cmd_dead_purge(args: argparse.Namespace) -> int:
+    removed = _dead().purge(args.older_than)
+    print(f"purged {removed} dead letter(s)")
+    return 0
+
+
+# -------------------------------------------------------------------- sinks
+def cmd_sinks_list(args: argparse.Namespace) -> int:
+    from worker.sinks.cli import list_sinks
+
+    for row in list_sinks():
+        print(f"{row.get('name', ''):12} {row.get('url_help') or row.get('error', '')}")
+    return 0
+
+
+def cmd_sinks_check(args: argparse.Namespace) -> int:
+    from worker.runtime import connect
+    from worker.sinks.cli import check_sinks
+
+    settings = _settings()
+    ok_all = True
+    for name, ok, message in check_sinks(settings, connect(settings.redis_url)):
+        ok_all &= ok
+        print(f"{'ok  ' if ok else 'FAIL'} {name:14} {message}")
+    return 0 if ok_all else 1
+
+
+# --------------------------------------------------------------------- main
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="exolegs", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("web", help="serve the callback endpoint (gunicorn)").set_defaults(func=cmd_web)
+    w = sub.add_parser("worker", help="run the Celery worker")
+    w.add_argument("--concurrency", type=int)
+    w.add_argument("--pool", choices=["prefork", "threads", "solo"])
+    w.set_defaults(func=cmd_worker)
+    d = sub.add_parser("dev", help="web + worker on this machine, Redis found or started")
+    d.add_argument("--simulate", action="store_true", help="also run the Exotel simulator")
+    d.set_defaults(func=cmd_dev)
+    f = sub.add_parser("fetch", help="fetch and print one call's enriched record")
+    f.add_argument("call_sid")
+    f.set_defaults(func=cmd_fetch)
+    s = sub.add_parser("simulate", help="a local fake of Exotel's v3 legs API")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8099)
+    s.add_argument("--latency-ms", type=float, default=0.0)
+    s.add_argument("--fail-rate", type=float, default=0.0)
+    s.add_argument("--fail-code", type=int, default=10715)
+    s.add_argument("--rate-limit", help="e.g. 200/minute: answer 429/10724 beyond it")
+    s.set_defaults(func=cmd_simulate)
+    sub.add_parser("check", help="print the effective configuration, secrets masked").set_defaults(
+        func=cmd_check
+    )
+    dead = sub.add_parser("dead", help="dead letters").add_subparsers(dest="dead", required=True)
+    dl = dead.add_parser("list")
+    dl.add_argument("--json", action="store_true")
+    dl.set_defaults(func=cmd_dead_list)
+    ds = dead.add_parser("show")
+    ds.add_argument("call_sid")
+    ds.set_defaults(func=cmd_dead_show)
+    dr = dead.add_parser("replay")
+    dr.add_argument("call_sid", nargs="?")
+    dr.add_argument("--all", action="store_true")
+    dr.add_argument("--force", action="store_true", help="deliver even where the ledger has it")
+    dr.set_defaults(func=cmd_dead_replay)
+    dp = dead.add_parser("purge")
+    dp.add_argument("--older-than", type=_duration, required=True, help="e.g. 30d")
+    dp.set_defaults(func=cmd_dead_purge)
+    sinks = sub.add_parser("sinks", help="sinks").add_subparsers(dest="sinks", required=True)
+    sinks.add_parser("list").set_defaults(func=cmd_sinks_list)
+    sinks.add_parser("check").set_defaults(func=cmd_sinks_check)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+        return code
+    except SettingsError as err:
+        print(f"exolegs: {err}", file=sys.stderr)
+        return 2
+    except ExolegsError as err:
+        print(f"exolegs: {err.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

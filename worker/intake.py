@@ -1,0 +1,93 @@
+"""Accepting a callback: dedupe, remember it, and book one legs fetch per call.
+
+It is one Lua script, so a callback costs the web process one Redis round
+trip, and duplicates arriving together on different web processes cannot
+both win.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from worker import jobs, keys
+
+if TYPE_CHECKING:
+    from redis import Redis
+
+    from worker.callbacks import CallbackEvent
+
+# KEYS: seen, call hash, fetch-once, jobs. ARGV: retention, callback json,
+# terminal, fetch job id, delay, event key, direction.
+# Returns 0 duplicate, 1 accepted, 2 accepted and a fetch was booked.
+_ACCEPT = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
+local result = 1
+redis.call('HSET', KEYS[2], 'event:' .. ARGV[6], ARGV[2])
+if ARGV[7] ~= '' then redis.call('HSETNX', KEYS[2], 'direction', ARGV[7]) end
+if ARGV[3] == '1' then
+  redis.call('HSET', KEYS[2], 'terminal', ARGV[2])
+  if redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[1]) then
+    local t = redis.call('TIME')
+    local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+    redis.call('ZADD', KEYS[4], 'NX', now + tonumber(ARGV[5]), ARGV[4])
+    result = 2
+  end
+end
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+return result
+"""
+
+
+@dataclass(frozen=True)
+class Accepted:
+    duplicate: bool
+    fetch_booked: bool
+
+
+class Intake:
+    def __init__(self, redis: Redis, *, retention_seconds: int, fetch_delay: float) -> None:
+        self.redis = redis
+        self.retention_seconds = retention_seconds
+        self.fetch_delay = fetch_delay
+        self._accept = redis.register_script(_ACCEPT)
+
+    def accept(self, event: CallbackEvent) -> Accepted:
+        sid = event.call_sid
+        payload = json.dumps(
+            {"event": event.event, "status": event.status, "fields": event.fields},
+            separators=(",", ":"),
+            default=str,
+        )
+        result = int(
+            self._accept(
+                keys=[
+                    keys.seen(sid, event.dedupe_key),
+                    keys.call(sid),
+                    keys.fetch_once(sid),
+                    keys.JOBS,
+                ],
+                args=[
+                    self.retention_seconds,
+                    payload,
+                    "1" if event.terminal else "0",
+                    jobs.fetch_id(sid),
+                    self.fetch_delay,
+                    event.dedupe_key,
+                    event.direction or "",
+                ],
+            )
+        )
+        return Accepted(duplicate=result == 0, fetch_booked=result == 2)
+
+
+def terminal_callback(
+    redis: Redis, call_sid: str
+) -> tuple[dict[str, object], str | None, str | None]:
+    """The terminal callback's fields, its normalised status and the call's direction."""
+    raw = redis.hmget(keys.call(call_sid), ["terminal", "direction"])
+    terminal = json.loads(raw[0]) if raw[0] else {}
+    direction = raw[1].decode() if isinstance(raw[1], bytes) else raw[1]
+    fields = terminal.get("fields") or {}
+    return fields, terminal.get("status"), direction

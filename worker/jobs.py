@@ -1,0 +1,209 @@
+"""Durable delays without holding messages: the job book.
+
+Every unit of work (fetch a call's legs, deliver a call to one sink) is a
+member of one Redis sorted set scored by the time it is due. A pump in every
+worker process claims due jobs atomically, pushes each to the job's lease
+end (so a second pump does not take it), and hands it to Celery. The job
+leaves the book only when its task finishes it; a retry, a rate-limit wait
+or a parked call just moves its score. So no Celery countdown ever sits
+unacknowledged in a worker's memory: a killed worker's job simply comes due
+again when its lease runs out, and the broker's visibility timeout can stay
+short. Stale or repeated messages are harmless: a task runs only while its
+job is still in the book, and only one copy at a time (a per-job lock).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from worker import keys
+
+if TYPE_CHECKING:
+    from redis import Redis
+
+log = logging.getLogger("exolegs.jobs")
+
+FETCH = "fetch"
+DELIVER = "deliver"
+
+# KEYS[1] jobs zset. ARGV: lease seconds, max count. Uses Redis's clock.
+_CLAIM = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+for _, id in ipairs(due) do
+  redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[1]), id)
+end
+return due
+"""
+
+
+def fetch_id(call_sid: str) -> str:
+    return f"{FETCH}:{call_sid}"
+
+
+def deliver_id(call_sid: str, sink: str) -> str:
+    return f"{DELIVER}:{call_sid}:{sink}"
+
+
+@dataclass(frozen=True)
+class JobId:
+    kind: str
+    call_sid: str
+    sink: str | None = None
+
+    @classmethod
+    def parse(cls, raw: str | bytes) -> JobId:
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        kind, _, rest = text.partition(":")
+        if kind == DELIVER:
+            call_sid, _, sink = rest.partition(":")
+            return cls(kind, call_sid, sink)
+        return cls(kind, rest)
+
+    def __str__(self) -> str:
+        if self.kind == DELIVER:
+            return deliver_id(self.call_sid, self.sink or "")
+        return fetch_id(self.call_sid)
+
+
+@dataclass
+class JobBook:
+    redis: Redis
+    lease_seconds: float = 120.0
+
+    def __post_init__(self) -> None:
+        self._claim = self.redis.register_script(_CLAIM)
+
+    # -------------------------------------------------------------- schedule
+    def schedule(self, job_id: str, delay: float = 0.0, *, replace: bool = False) -> bool:
+        """Put a job in the book ``delay`` seconds from now; False if it was already there."""
+        due = time.time() + max(0.0, delay)
+        if replace:
+            self.redis.zadd(keys.JOBS, {job_id: due})
+            return True
+        return bool(self.redis.zadd(keys.JOBS, {job_id: due}, nx=True))
+
+    def reschedule(self, job_id: str, delay: float) -> None:
+        """Move a job already in the book (a retry, a wait for a token, a parked call)."""
+        self.redis.zadd(keys.JOBS, {job_id: time.time() + max(0.0, delay)}, xx=True)
+
+    def pending(self, job_id: str) -> bool:
+        return self.redis.zscore(keys.JOBS, job_id) is not None
+
+    def finish(self, job_id: str) -> None:
+        pipe = self.redis.pipeline()
+        pipe.zrem(keys.JOBS, job_id)
+        pipe.delete(keys.job(job_id))
+        pipe.execute()
+
+    def claim(self, limit: int = 200) -> list[str]:
+        """Due jobs, each pushed to its lease end so no other pump takes it meanwhile."""
+        raw = self._claim(keys=[keys.JOBS], args=[self.lease_seconds, limit])
+        return [r.decode() if isinstance(r, bytes) else str(r) for r in raw]
+
+    def size(self) -> int:
+        return int(self.redis.zcard(keys.JOBS))
+
+    def oldest_due_age(self) -> float:
+        first = self.redis.zrange(keys.JOBS, 0, 0, withscores=True)
+        if not first:
+            return 0.0
+        return max(0.0, time.time() - float(first[0][1]))
+
+    # ------------------------------------------------------------- one copy
+    def lock(self, job_id: str) -> bool:
+        """Only one copy of a job runs at a time, even if a stale message turns up."""
+        return bool(
+            self.redis.set(f"{keys.job(job_id)}:lock", "1", nx=True, ex=int(self.lease_seconds))
+        )
+
+    def unlock(self, job_id: str) -> None:
+        self.redis.delete(f"{keys.job(job_id)}:lock")
+
+    # -------------------------------------------------------------- attempts
+    def start_attempt(self, job_id: str) -> int:
+        key = keys.job(job_id)
+        now = f"{time.time():.3f}"
+        pipe = self.redis.pipeline()
+        pipe.hincrby(key, "attempts", 1)
+        pipe.hsetnx(key, "first_attempt", now)
+        pipe.hset(key, "last_attempt", now)
+        results = pipe.execute()
+        return int(results[0])
+
+    def undo_attempt(self, job_id: str) -> None:
+        """A run that only waited for a token or a circuit is not an attempt."""
+        self.redis.hincrby(keys.job(job_id), "attempts", -1)
+
+    def record_error(self, job_id: str, error: str) -> None:
+        self.redis.hset(keys.job(job_id), "last_error", error[:2000])
+
+    def info(self, job_id: str) -> dict[str, str]:
+        raw = self.redis.hgetall(keys.job(job_id))
+        return {
+            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+            for k, v in raw.items()
+        }
+
+    def set_field(self, job_id: str, field: str, value: Any) -> None:
+        self.redis.hset(
+            keys.job(job_id), field, json.dumps(value) if not isinstance(value, str) else value
+        )
+
+
+class Pump:
+    """Moves due jobs from the book to Celery; one per worker process, all cooperating."""
+
+    def __init__(
+        self,
+        book: JobBook,
+        dispatch: Callable[[JobId], None],
+        *,
+        interval: float = 0.2,
+        batch: int = 200,
+    ) -> None:
+        self.book = book
+        self.dispatch = dispatch
+        self.interval = interval
+        self.batch = batch
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def run_once(self) -> int:
+        claimed = self.book.claim(self.batch)
+        for raw in claimed:
+            self.dispatch(JobId.parse(raw))
+        return len(claimed)
+
+    def run(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                moved = self.run_once()
+                failures = 0
+            except Exception as err:  # noqa: BLE001 - the pump must outlive Redis outages
+                failures += 1
+                if failures == 1 or failures % 50 == 0:
+                    log.warning("job pump cannot reach Redis (%s); jobs wait in the book", err)
+                moved = 0
+                self._stop.wait(min(5.0, self.interval * failures))
+                continue
+            if moved < self.batch:
+                self._stop.wait(self.interval)
+
+    def start(self) -> Pump:
+        self._thread = threading.Thread(target=self.run, name="exolegs-pump", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)

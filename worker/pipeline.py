@@ -1,0 +1,145 @@
+"""The work itself, as plain functions: fetch a call's legs, deliver it to a sink.
+
+Nothing here knows about Celery. Each function either finishes, raises an
+:class:`~worker.errors.ExolegsError` for the retry policy to judge, or raises
+:class:`~worker.errors.Deferred` when it must wait its turn.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from worker import jobs, keys, ledger
+from worker.errors import ConfigFaultError, Deferred, PermanentError
+from worker.ratelimit import blocked_for
+from worker.settings import Rate
+
+if TYPE_CHECKING:
+    from worker.runtime import Runtime
+    from worker.sinks.base import CallRecord
+
+log = logging.getLogger("exolegs.pipeline")
+
+
+def take_slot(rt: Runtime, job_id: str, limit_name: str, rate: Rate) -> None:
+    """Hold a rate-limit reservation for this job, or defer it until its slot.
+
+    A job keeps the slot it was given across the reschedule, so a backlog
+    drains in reservation order at the full rate.
+    """
+    field = f"slot:{limit_name}"
+    held = rt.redis.hget(keys.job(job_id), field)
+    now = time.time()
+    if held is not None and float(held) <= now + 0.05:
+        rt.redis.hdel(keys.job(job_id), field)
+        wait = blocked_for(rt.redis, limit_name)
+        if wait <= 0:
+            return
+    delay = rt.limiter.reserve(limit_name, rate)
+    if delay <= 0.01:
+        return
+    rt.redis.hset(keys.job(job_id), field, f"{now + delay:.3f}")
+    raise Deferred(delay, f"waiting {delay:.2f}s for a {limit_name} rate-limit slot")
+
+
+def load_record(rt: Runtime, call_sid: str) -> CallRecord | None:
+    raw = rt.redis.get(keys.record(call_sid))
+    return json.loads(raw) if raw else None
+
+
+def book_deliveries(rt: Runtime, call_sid: str) -> None:
+    for name in rt.sinks:
+        if not ledger.delivered(rt.redis, call_sid, name):
+            rt.book.schedule(jobs.deliver_id(call_sid, name))
+
+
+def build_call_record(rt: Runtime, call_sid: str, body: dict[str, Any]) -> CallRecord:
+    from worker.enrich import build_record, leg_details_of
+    from worker.intake import terminal_callback
+
+    fields, status, direction = terminal_callback(rt.redis, call_sid)
+    return build_record(
+        leg_details_of(body),
+        fields,
+        default_country=rt.settings.default_country,
+        fetched_at=datetime.now(UTC),
+        direction=direction,
+        status=status,
+    )
+
+
+def fetch_call(rt: Runtime, call_sid: str) -> CallRecord:
+    """Fetch the legs once, keep the record, and book one delivery per sink."""
+    job_id = jobs.fetch_id(call_sid)
+    record = load_record(rt, call_sid)
+    if record is None:
+        circuit = rt.exotel_circuit
+        probing = False
+        if circuit.is_open():
+            if not circuit.try_probe():
+                circuit.park(job_id)
+                state = circuit.state() or {}
+                raise Deferred(
+                    circuit.park_delay(),
+                    f"parked: Exotel circuit open ({state.get('reason', 'configuration fault')})",
+                )
+            probing = True
+        else:
+            take_slot(rt, job_id, rt.exotel_limit_name, rt.settings.exotel_rate_limit)
+        try:
+            body = rt.exotel.fetch_legs(call_sid)
+        except ConfigFaultError as err:
+            circuit.park(job_id)
+            if circuit.open(err.message):
+                log.error(
+                    "%s (Exotel circuit open: one probe a minute until it works)", err.message
+                )
+                _sentry(err)
+            raise
+        if probing:
+            circuit.close(rt.book)
+        record = build_call_record(rt, call_sid, body)
+        rt.redis.set(
+            keys.record(call_sid),
+            json.dumps(record, separators=(",", ":"), default=str),
+            ex=rt.settings.retention_seconds,
+        )
+    book_deliveries(rt, call_sid)
+    return record
+
+
+def deliver_call(rt: Runtime, call_sid: str, sink_name: str, *, force: bool = False) -> bool:
+    """Deliver the stored record to one sink; True when it was delivered now."""
+    sink = rt.sinks.get(sink_name)
+    if sink is None:
+        raise PermanentError(
+            f"call {call_sid}: sink {sink_name!r} is no longer configured (SINKS); "
+            "add it back and replay, or purge the dead letter"
+        )
+    record = load_record(rt, call_sid)
+    if record is None:
+        # Past retention, or a replay long after: fetch again; the fetch books deliveries.
+        rt.redis.delete(keys.fetch_once(call_sid))
+        rt.book.schedule(jobs.fetch_id(call_sid))
+        return False
+    if not force and ledger.delivered(rt.redis, call_sid, sink_name):
+        return False
+    job_id = jobs.deliver_id(call_sid, sink_name)
+    if sink.rate_limit is not None:
+        take_slot(rt, job_id, f"sink:{sink_name}", sink.rate_limit)
+    return ledger.deliver_once(
+        rt.redis, sink, record, retention_seconds=rt.settings.retention_seconds, force=force
+    )
+
+
+def _sentry(err: Exception) -> None:
+    try:
+        import sentry_sdk
+
+        sentry_sdk.capture_exception(err)
+    except Exception:  # noqa: BLE001, S110 - alerting must never break the work
+        pass

@@ -1,0 +1,93 @@
+"""One global rate limit per name (an Exotel account, a sink), shared in Redis.
+
+It is GCRA used as a reservation book: each caller is handed the earliest
+moment it may call, and the book moves on by one emission interval. A task
+that is told to wait reschedules itself for exactly that moment instead of
+sleeping in a worker slot, and because every reservation is distinct a
+backlog drains at the full rate without a thundering herd. Under a backlog
+the upstream sees ``rate`` requests per period plus at most ``burst``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from worker import keys
+
+if TYPE_CHECKING:
+    from redis import Redis
+
+    from worker.settings import Rate
+
+# KEYS[1] bucket hash. ARGV: emission interval (s), burst tolerance (s), ttl (s)
+# Returns {delay_ms, blocked_until_ms}; the clock is Redis's own, shared by all hosts.
+_RESERVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local emission = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local tat = tonumber(redis.call('HGET', KEYS[1], 'tat') or '0')
+local blocked = tonumber(redis.call('HGET', KEYS[1], 'blocked') or '0')
+if tat < now then tat = now end
+if tat < blocked then tat = blocked end
+local at = tat - tolerance
+if at < now then at = now end
+if at < blocked then at = blocked end
+redis.call('HSET', KEYS[1], 'tat', tostring(tat + emission))
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return {math.floor((at - now) * 1000), math.floor(blocked * 1000)}
+"""
+
+# KEYS[1] bucket hash. ARGV: seconds to block. Empties the book for everyone.
+_BLOCK = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local untl = now + tonumber(ARGV[1])
+local blocked = tonumber(redis.call('HGET', KEYS[1], 'blocked') or '0')
+if untl > blocked then redis.call('HSET', KEYS[1], 'blocked', tostring(untl)) end
+local tat = tonumber(redis.call('HGET', KEYS[1], 'tat') or '0')
+if tat < untl then redis.call('HSET', KEYS[1], 'tat', tostring(untl)) end
+redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[1])) + 3600)
+return tostring(untl)
+"""
+
+
+def burst_for(rate: Rate) -> int:
+    """A small burst: 5% of the period's allowance, between 1 and 10 requests."""
+    return max(1, min(10, int(rate.count * 0.05)))
+
+
+@dataclass
+class RateLimiter:
+    redis: Redis
+
+    def __post_init__(self) -> None:
+        self._reserve = self.redis.register_script(_RESERVE)
+        self._block = self.redis.register_script(_BLOCK)
+
+    def reserve(self, name: str, rate: Rate) -> float:
+        """Seconds until this caller may go (0 means now); the slot is held for it."""
+        emission = rate.period / rate.count
+        tolerance = emission * (burst_for(rate) - 1)
+        ttl = int(max(60, rate.period * 2))
+        delay_ms, _ = self._reserve(keys=[keys.bucket(name)], args=[emission, tolerance, ttl])
+        return float(delay_ms) / 1000.0
+
+    def block(self, name: str, seconds: float) -> None:
+        """Nobody may call ``name`` for ``seconds`` (the upstream said 429 + Retry-After)."""
+        self._block(keys=[keys.bucket(name)], args=[max(0.0, seconds)])
+
+
+_BLOCKED_FOR = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local blocked = tonumber(redis.call('HGET', KEYS[1], 'blocked') or '0')
+if blocked > now then return math.floor((blocked - now) * 1000) end
+return 0
+"""
+
+
+def blocked_for(redis: Redis, name: str) -> float:
+    """Seconds left on a block from :meth:`RateLimiter.block` (0 when none)."""
+    return float(redis.eval(_BLOCKED_FOR, 1, keys.bucket(name))) / 1000.0  # type: ignore[arg-type]

@@ -1,0 +1,44 @@
+"""The retry policy: exponential backoff with full jitter, Retry-After honoured."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from worker.errors import ExolegsError, Kind
+from worker.settings import Settings
+
+RETRY = "retry"
+PARK = "park"
+DEAD = "dead"
+
+PARK_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str  # retry | park | dead
+    delay: float = 0.0
+
+
+def backoff(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
+    """Full jitter: uniform between 0 and min(cap, base * 2**(attempt-1))."""
+    ceiling = min(cap, base * (2 ** max(0, attempt - 1)))
+    return (rng or random).uniform(0, ceiling)
+
+
+def decide(
+    error: ExolegsError, attempt: int, settings: Settings, rng: random.Random | None = None
+) -> Decision:
+    """What to do after ``attempt`` (1-based) failed with ``error``."""
+    if error.kind is Kind.PERMANENT:
+        return Decision(DEAD)
+    if error.kind is Kind.CONFIG:
+        return Decision(PARK, PARK_SECONDS)
+    limit = min(settings.retry_max_attempts, error.max_attempts or settings.retry_max_attempts)
+    if attempt >= limit:
+        return Decision(DEAD)
+    delay = backoff(attempt, settings.retry_base_seconds, settings.retry_max_seconds, rng)
+    if error.retry_after is not None:
+        delay = max(delay, error.retry_after)
+    return Decision(RETRY, delay)

@@ -1,0 +1,130 @@
+"""The edge's safety net: callbacks that arrive while Redis is down go to disk.
+
+Each callback is one file, written to a temporary name, fsynced and renamed
+into place, so a crash never leaves half a callback. A drainer in every web
+process moves spooled callbacks into Redis as soon as it answers again.
+Several drainers may run at once: each claims a file by renaming it, and
+acceptance is idempotent (the dedupe key), so a file handled twice is harmless.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("exolegs.spool")
+
+CLAIM_TIMEOUT = 60.0
+
+
+class Spool:
+    def __init__(self, directory: Path) -> None:
+        self.dir = Path(directory)
+
+    def write(self, fields: dict[str, Any]) -> Path:
+        """Persist one callback durably; raises OSError when the disk cannot take it."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        name = f"{time.time():.6f}-{uuid.uuid4().hex}"
+        tmp = self.dir / f".{name}.tmp"
+        final = self.dir / f"{name}.json"
+        data = json.dumps(fields, separators=(",", ":"), default=str).encode()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, final)
+        dir_fd = os.open(self.dir, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        return final
+
+    def pending(self) -> list[Path]:
+        if not self.dir.is_dir():
+            return []
+        return sorted(self.dir.glob("*.json"))
+
+    def count(self) -> int:
+        return (
+            len(self.pending()) + len(list(self.dir.glob("*.claimed-*")))
+            if self.dir.is_dir()
+            else 0
+        )
+
+    def _reclaim_stale(self) -> None:
+        for path in self.dir.glob("*.claimed-*"):
+            try:
+                if time.time() - path.stat().st_mtime > CLAIM_TIMEOUT:
+                    os.replace(path, path.with_name(path.name.split(".claimed-")[0]))
+            except FileNotFoundError:
+                continue
+
+    def drain(self, accept: Callable[[dict[str, Any]], None]) -> int:
+        """Hand every spooled callback to ``accept``; stops at the first failure."""
+        if not self.dir.is_dir():
+            return 0
+        self._reclaim_stale()
+        moved = 0
+        for path in self.pending():
+            claimed = path.with_name(f"{path.name}.claimed-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+            try:
+                os.replace(path, claimed)
+            except FileNotFoundError:
+                continue  # another drainer took it
+            try:
+                fields = json.loads(claimed.read_bytes())
+            except (OSError, ValueError) as err:
+                bad = claimed.with_name(claimed.name + ".bad")
+                os.replace(claimed, bad)
+                log.error("spooled callback %s is unreadable (%s); kept as %s", path, err, bad)
+                continue
+            try:
+                accept(fields)
+            except Exception:
+                os.replace(claimed, path)  # keep it for the next round
+                raise
+            claimed.unlink()
+            moved += 1
+        return moved
+
+
+class Drainer:
+    """Background thread that empties the spool whenever Redis is reachable."""
+
+    def __init__(
+        self, spool: Spool, accept: Callable[[dict[str, Any]], None], interval: float = 1.0
+    ) -> None:
+        self.spool = spool
+        self.accept = accept
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                moved = self.spool.drain(self.accept)
+            except Exception as err:  # noqa: BLE001 - Redis still down: try again later
+                log.debug("spool drain waiting for Redis: %s", err)
+                continue
+            if moved:
+                log.warning("moved %d spooled callback(s) from %s to Redis", moved, self.spool.dir)
+
+    def start(self) -> Drainer:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self.run, name="exolegs-spool", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
