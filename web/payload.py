@@ -1,0 +1,359 @@
+"""Decode a raw callback request into one flat field dict, without Flask.
+
+Exotel sends the same callback as a form POST, a multipart POST, a JSON POST
+or a bare GET query string (``research/exotel-api.md`` §1), so the edge
+accepts all of them and hands :func:`worker.callbacks.event_from_fields` one
+shape. Taking plain values (content type, body bytes, query pairs) keeps this
+fast, testable and independent of the web framework.
+
+Decisions, each tested:
+
+- Query-string pairs are always merged in; the body wins over the query. For
+  form and multipart bodies the merge happens per flat key (query first, then
+  body); a JSON body replaces query keys at the top level.
+- Repeated keys: the last one wins (a list would make every field's type
+  depend on the sender).
+- Flattened form keys (``Legs[1][Insights][DetailedStatus]``) become nested
+  dicts and lists. Canonical integers (``0``, ``1`` … not ``01``) index a
+  list, ``[]`` appends, other segments are dict keys; holes in a list are
+  filled with ``{}``. An index over :data:`MAX_INDEX` or more than
+  :data:`MAX_KEY_DEPTH` bracket segments is a 400 ("too deeply nested"), as is
+  a key used both as a scalar and as a container. Keys that are not of the
+  ``name[seg]...`` form (``a[b``, ``[x]``) stay flat. JSON keys are never
+  expanded.
+- Bodies must be UTF-8 whatever ``charset`` says (it is tolerated, not
+  honoured); NUL in a key or value, NaN/Infinity, or JSON nested deeper than
+  :data:`MAX_JSON_DEPTH` is a 400.
+- An empty (or all-whitespace) body is fine with any content type. A
+  non-empty body needs one of the three supported types, else 415: that
+  includes ``text/plain`` and a missing content type, so data is never
+  silently ignored.
+- Multipart: fields only, file parts (with a ``filename``) are skipped; a
+  missing or malformed boundary, or an unterminated body, is a 400.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+from urllib.parse import parse_qsl
+
+__all__ = ["MAX_BODY_BYTES", "PayloadError", "decode_body"]
+
+MAX_BODY_BYTES = 64 * 1024
+MAX_FIELDS = 1000
+MAX_INDEX = 100
+MAX_KEY_DEPTH = 8
+MAX_JSON_DEPTH = 32
+
+_FORM = "application/x-www-form-urlencoded"
+_MULTIPART = "multipart/form-data"
+_JSON = "application/json"
+
+# name[seg][seg]...: the name has no brackets, each segment no brackets.
+_NESTED_KEY_RE = re.compile(r"([^\[\]]+)((?:\[[^\[\]]*\])+)")
+_SEGMENT_RE = re.compile(r"\[([^\[\]]*)\]")
+_INDEX_RE = re.compile(r"0|[1-9][0-9]*")
+_TCHARS = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_PARAM_RE = re.compile(rf"\s*;\s*({_TCHARS})\s*=\s*(\"(?:[^\"\\]|\\.)*\"|[^;\s]*)\s*", re.DOTALL)
+_QUOTED_PAIR_RE = re.compile(r"\\(.)", re.DOTALL)
+# RFC 2046 bchars; the last character may not be a space.
+_BOUNDARY_RE = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
+
+
+class PayloadError(ValueError):
+    """A request body we refuse; ``status`` is the HTTP status, str() the one-line reason."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        reason = " ".join(reason.split())  # one line, whatever went in
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def _header_params(value: str) -> tuple[str, dict[str, str]]:
+    """Split ``type/sub; a=1; b="x"`` into the lower-cased value and its parameters.
+
+    Parameters that do not parse are ignored: only ``boundary``, ``name`` and
+    ``filename`` matter here, and each caller checks for the one it needs.
+    """
+    head, _, _ = value.partition(";")
+    params: dict[str, str] = {}
+    pos = len(head)
+    while pos < len(value):
+        match = _PARAM_RE.match(value, pos)
+        if match is None:
+            break
+        name, raw = match.group(1).lower(), match.group(2)
+        if raw.startswith('"'):
+            raw = _QUOTED_PAIR_RE.sub(r"\1", raw[1:-1])
+        params.setdefault(name, raw)
+        pos = match.end()
+    return head.strip().lower(), params
+
+
+def _utf8(data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PayloadError(400, "body is not valid UTF-8") from None
+
+
+def _check_nul(pairs: Iterable[tuple[str, str]]) -> None:
+    for key, value in pairs:
+        if "\x00" in key or "\x00" in value:
+            raise PayloadError(400, "NUL byte in a field name or value")
+
+
+def _parse_form(body: bytes) -> list[tuple[str, str]]:
+    text = _utf8(body)
+    try:
+        return parse_qsl(
+            text,
+            keep_blank_values=True,
+            encoding="utf-8",
+            errors="strict",
+            max_num_fields=MAX_FIELDS,
+        )
+    except UnicodeDecodeError:
+        raise PayloadError(400, "body is not valid UTF-8") from None
+    except ValueError:
+        raise PayloadError(400, f"too many fields (limit {MAX_FIELDS})") from None
+
+
+def _parse_multipart(body: bytes, params: dict[str, str]) -> list[tuple[str, str]]:
+    """RFC 7578 fields, by hand: the stdlib email parser guesses where we want a 400."""
+    boundary = params.get("boundary")
+    if not boundary:
+        raise PayloadError(400, "multipart body without a boundary")
+    if not _BOUNDARY_RE.fullmatch(boundary):
+        raise PayloadError(400, "malformed multipart boundary")
+    delimiter = b"\r\n--" + boundary.encode("ascii")
+    chunks = (b"\r\n" + body).split(delimiter)
+    if len(chunks) < 2:
+        raise PayloadError(400, "multipart body does not contain its boundary")
+    pairs: list[tuple[str, str]] = []
+    for chunk in chunks[1:]:
+        if chunk.startswith(b"--"):
+            return pairs  # close delimiter; the epilogue is ignored
+        if len(pairs) >= MAX_FIELDS:
+            raise PayloadError(400, f"too many fields (limit {MAX_FIELDS})")
+        line_end = chunk.find(b"\r\n")
+        if line_end < 0 or chunk[:line_end].strip(b" \t"):
+            raise PayloadError(400, "malformed multipart delimiter line")
+        rest = chunk[line_end + 2 :]
+        if rest.startswith(b"\r\n"):
+            raise PayloadError(400, "multipart part without a name")  # no headers at all
+        head, sep, content = rest.partition(b"\r\n\r\n")
+        if not sep:
+            raise PayloadError(400, "multipart part without a header/body separator")
+        name: str | None = None
+        is_file = False
+        for line in _utf8(head).split("\r\n"):
+            field, colon, value = line.partition(":")
+            if not colon:
+                raise PayloadError(400, "malformed multipart part header")
+            if field.strip().lower() != "content-disposition":
+                continue
+            disposition, disp_params = _header_params(value)
+            if disposition != "form-data":
+                raise PayloadError(400, "multipart part is not form-data")
+            name = disp_params.get("name")
+            is_file = "filename" in disp_params or "filename*" in disp_params
+        if is_file:
+            continue
+        if name is None:
+            raise PayloadError(400, "multipart part without a name")
+        pairs.append((name, _utf8(content)))
+    raise PayloadError(400, "multipart body is not terminated by its close delimiter")
+
+
+def _reject_constant(value: str) -> Any:
+    raise PayloadError(400, f"JSON body contains {value}, which is not JSON")
+
+
+def _parse_float(value: str) -> float:
+    number = float(value)
+    if not math.isfinite(number):
+        raise PayloadError(400, "JSON number out of range")
+    return number
+
+
+def _json_depth_and_nul(root: Any, *, check_nul: bool) -> None:
+    """Walk the decoded value iteratively: depth over the limit or NUL is a 400."""
+    stack: list[tuple[Any, int]] = [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            if depth > MAX_JSON_DEPTH:
+                raise PayloadError(400, f"JSON nested deeper than {MAX_JSON_DEPTH}")
+            for key, value in node.items():
+                if check_nul and "\x00" in key:
+                    raise PayloadError(400, "NUL byte in a field name or value")
+                stack.append((value, depth + 1))
+        elif isinstance(node, list):
+            if depth > MAX_JSON_DEPTH:
+                raise PayloadError(400, f"JSON nested deeper than {MAX_JSON_DEPTH}")
+            stack.extend((value, depth + 1) for value in node)
+        elif check_nul and isinstance(node, str) and "\x00" in node:
+            raise PayloadError(400, "NUL byte in a field name or value")
+
+
+def _parse_json(body: bytes) -> dict[str, Any]:
+    text = _utf8(body).lstrip("\ufeff")
+    try:
+        value = json.loads(text, parse_constant=_reject_constant, parse_float=_parse_float)
+    except RecursionError:
+        raise PayloadError(400, f"JSON nested deeper than {MAX_JSON_DEPTH}") from None
+    except ValueError as exc:  # JSONDecodeError, and int() over the digit limit
+        if isinstance(exc, PayloadError):
+            raise
+        raise PayloadError(400, "body is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise PayloadError(400, "JSON body must be an object")
+    # A raw NUL cannot survive json.loads (control characters are refused), but
+    # the escape \u0000 can; fewer brackets than the limit cannot nest too deep.
+    check_nul = b"\\u0000" in body
+    if check_nul or body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH:
+        _json_depth_and_nul(value, check_nul=check_nul)
+    return value
+
+
+class _Arr:
+    """A list being built from ``[n]`` keys: positions may arrive in any order."""
+
+    __slots__ = ("items",)
+
+    def __init__(self) -> None:
+        self.items: dict[int, Any] = {}
+
+
+def _split_key(key: str) -> list[str]:
+    """``Legs[0][Status]`` -> ``["Legs", "0", "Status"]``; anything else stays one key."""
+    match = _NESTED_KEY_RE.fullmatch(key)
+    if match is None:
+        return [key]
+    segments = _SEGMENT_RE.findall(match.group(2))
+    if len(segments) > MAX_KEY_DEPTH:
+        raise PayloadError(400, f"field name too deeply nested (limit {MAX_KEY_DEPTH})")
+    return [match.group(1), *segments]
+
+
+def _is_index(segment: str) -> bool:
+    return segment == "" or _INDEX_RE.fullmatch(segment) is not None
+
+
+def _slot(node: dict[str, Any] | _Arr, segment: str) -> str | int:
+    """Where ``segment`` goes in ``node``: a dict key, or a list position."""
+    if isinstance(node, dict):
+        return segment
+    if segment == "":
+        position = max(node.items, default=-1) + 1
+    else:
+        position = int(segment) if len(segment) <= 3 else MAX_INDEX + 1
+    if position > MAX_INDEX:
+        raise PayloadError(400, f"list index over {MAX_INDEX} in a field name")
+    return position
+
+
+def _child(node: dict[str, Any] | _Arr, slot: str | int) -> Any:
+    return node.get(str(slot)) if isinstance(node, dict) else node.items.get(int(slot))
+
+
+def _put(node: dict[str, Any] | _Arr, slot: str | int, value: Any) -> None:
+    if isinstance(node, dict):
+        node[str(slot)] = value
+    else:
+        node.items[int(slot)] = value
+
+
+def _conflict(key: str) -> PayloadError:
+    return PayloadError(400, f"field {key[:64]!r} is used both as a value and as a container")
+
+
+def _expand(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
+    """Flat pairs -> nested fields; last value wins, shapes must agree."""
+    root: dict[str, Any] = {}
+    nested = False
+    for key, value in pairs:
+        path = _split_key(key)
+        nested = nested or len(path) > 1
+        node: dict[str, Any] | _Arr = root
+        for depth, segment in enumerate(path[:-1]):
+            slot = _slot(node, segment)
+            want_list = _is_index(path[depth + 1])
+            child = _child(node, slot)
+            if child is None:
+                child = _Arr() if want_list else {}
+                _put(node, slot, child)
+            elif not isinstance(child, _Arr if want_list else dict):
+                raise _conflict(key)
+            node = child
+        slot = _slot(node, path[-1])
+        existing = _child(node, slot)
+        if isinstance(existing, dict | _Arr):
+            raise _conflict(key)
+        _put(node, slot, value)
+    return _freeze(root) if nested else root
+
+
+def _freeze(node: Any) -> Any:
+    """Replace the builders with plain lists, filling holes with ``{}``."""
+    if isinstance(node, _Arr):
+        size = max(node.items, default=-1) + 1
+        return [_freeze(node.items[i]) if i in node.items else {} for i in range(size)]
+    if isinstance(node, dict):
+        return {key: _freeze(value) for key, value in node.items()}
+    return node
+
+
+def _is_json_suffix(media_type: str) -> bool:
+    return media_type.startswith("application/") and media_type.endswith("+json")
+
+
+def _decode(
+    content_type: str | None, body: bytes, query: Sequence[tuple[str, str]]
+) -> dict[str, Any]:
+    if len(body) > MAX_BODY_BYTES:
+        raise PayloadError(413, f"body over {MAX_BODY_BYTES} bytes")
+    query_pairs = list(query)
+    if len(query_pairs) > MAX_FIELDS:
+        raise PayloadError(400, f"too many fields (limit {MAX_FIELDS})")
+    _check_nul(query_pairs)
+    if not body.strip():
+        return _expand(query_pairs)
+    media_type, params = _header_params(content_type or "")
+    if media_type == _FORM:
+        pairs = _parse_form(body)
+    elif media_type == _MULTIPART:
+        pairs = _parse_multipart(body, params)
+    elif media_type == _JSON or _is_json_suffix(media_type):
+        fields = _expand(query_pairs)
+        fields.update(_parse_json(body))
+        return fields
+    else:
+        shown = media_type[:64] or "none"
+        raise PayloadError(415, f"unsupported content type {shown!r}")
+    _check_nul(pairs)
+    if len(query_pairs) + len(pairs) > MAX_FIELDS:
+        raise PayloadError(400, f"too many fields (limit {MAX_FIELDS})")
+    return _expand([*query_pairs, *pairs])
+
+
+def decode_body(
+    content_type: str | None, body: bytes, query: Sequence[tuple[str, str]]
+) -> dict[str, Any]:
+    """All the callback's fields, query first then body; raises only PayloadError."""
+    try:
+        return _decode(content_type, body, query)
+    except PayloadError:
+        raise
+    except RecursionError:
+        raise PayloadError(400, "body nested too deeply") from None
+    except (ValueError, TypeError, UnicodeError, OverflowError):
+        raise PayloadError(400, "malformed body") from None
+    except Exception:  # noqa: BLE001 - the edge must answer 400, never 500, on odd input
+        raise PayloadError(400, "malformed body") from None
