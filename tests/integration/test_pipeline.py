@@ -14,8 +14,13 @@ URL = f"/exotel/callback/{CALLBACK_TOKEN}"
 
 
 def terminal(call_sid: str) -> dict[str, str]:
-    return {"CallSid": call_sid, "Status": "completed", "EventType": "terminal",
-            "Direction": "outbound-api", "RecordingUrl": "https://example.com/r.mp3"}
+    return {
+        "CallSid": call_sid,
+        "Status": "completed",
+        "EventType": "terminal",
+        "Direction": "outbound-api",
+        "RecordingUrl": "https://example.com/r.mp3",
+    }
 
 
 def records_for(path: Path, call_sid: str) -> list[dict[str, object]]:

@@ -119,7 +119,9 @@ class Simulator:
 
     def script(self, call_sid: str, responses: list[dict[str, Any]]) -> None:
         requests.post(
-            f"{self.url}/_sim/script", json={"call_sid": call_sid, "responses": responses}, timeout=5
+            f"{self.url}/_sim/script",
+            json={"call_sid": call_sid, "responses": responses},
+            timeout=5,
         ).raise_for_status()
 
     def mode(self, mode: str, delay: float = 0) -> None:

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import time
+
+import redis
+
+from worker.deadletters import DeadLetters
+from worker.jobs import JobBook, JobId
+
+
+def test_dead_letter_keeps_reason_attempts_and_callback(redis_client: redis.Redis) -> None:
+    book = JobBook(redis_client)
+    dead = DeadLetters(redis_client, book)
+    job = JobId("deliver", "c1", "hubspot")
+    book.schedule(str(job))
+    book.start_attempt(str(job))
+    book.start_attempt(str(job))
+    letter = dead.add(
+        job,
+        reason="permanent error",
+        error="HubSpot answered 400",
+        upstream_status=400,
+        callback={"CallSid": "c1"},
+    )
+    assert not book.pending(str(job))
+    [listed] = list(dead)
+    assert listed == letter
+    assert (listed.call_sid, listed.sink, listed.attempts) == ("c1", "hubspot", 2)
+    assert listed.first_attempt_at and listed.last_attempt_at and listed.failed_at
+    assert listed.callback == {"CallSid": "c1"}
+    fetch = dead.add(JobId("fetch", "c2"), reason="retries exhausted", error="10744")
+    assert fetch.sink is None and dead.count() == 2
+
+
+def test_replay_books_the_job_again_with_fresh_attempts(redis_client: redis.Redis) -> None:
+    book = JobBook(redis_client)
+    dead = DeadLetters(redis_client, book)
+    job = JobId("deliver", "c1", "jsonl")
+    book.start_attempt(str(job))
+    letter = dead.add(job, reason="retries exhausted", error="x")
+    dead.replay(letter, force=True)
+    assert book.pending(str(job)) and dead.count() == 0
+    assert book.info(str(job)) == {"force": "1"}
+
+
+def test_purge_older_than(redis_client: redis.Redis) -> None:
+    dead = DeadLetters(redis_client, JobBook(redis_client))
+    dead.add(JobId("fetch", "old"), reason="r", error="e")
+    redis_client.zadd("exolegs:dead", {"fetch:old": time.time() - 40 * 86400})
+    dead.add(JobId("fetch", "new"), reason="r", error="e")
+    assert dead.purge(30 * 86400) == 1
+    assert [d.call_sid for d in dead] == ["new"]

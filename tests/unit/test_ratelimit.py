@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import redis
+
+from worker.ratelimit import RateLimiter, blocked_for, burst_for
+from worker.settings import Rate
+
+
+def test_burst_is_small() -> None:
+    assert burst_for(Rate(200, 60)) == 10
+    assert burst_for(Rate(10, 1)) == 1
+    assert burst_for(Rate(1, 60)) == 1
+
+
+def test_reservations_are_spaced_at_the_rate_after_the_burst(redis_client: redis.Redis) -> None:
+    limiter = RateLimiter(redis_client)
+    rate = Rate(200, 60)  # 0.3 s apart, burst 10
+    delays = [limiter.reserve("exotel:acme", rate) for _ in range(40)]
+    assert all(d == 0 for d in delays[:10])  # the burst goes at once
+    later = delays[10:]
+    assert all(b > a for a, b in zip(later, later[1:], strict=False))
+    gaps = [b - a for a, b in zip(later, later[1:], strict=False)]
+    assert all(abs(g - 0.3) < 0.02 for g in gaps)
+    # never more than rate + burst in any period: the 40th request is 30 slots after the burst
+    assert abs(delays[-1] - 0.3 * 30) < 0.1
+
+
+def test_names_are_independent(redis_client: redis.Redis) -> None:
+    limiter = RateLimiter(redis_client)
+    rate = Rate(1, 60)
+    assert limiter.reserve("exotel:a", rate) == 0
+    assert limiter.reserve("exotel:b", rate) == 0
+    assert limiter.reserve("exotel:a", rate) > 50
+
+
+def test_block_empties_the_bucket_for_everyone(redis_client: redis.Redis) -> None:
+    limiter = RateLimiter(redis_client)
+    rate = Rate(100, 1)
+    limiter.block("exotel:acme", 2.0)
+    assert 1.8 < blocked_for(redis_client, "exotel:acme") <= 2.0
+    assert limiter.reserve("exotel:acme", rate) >= 1.8
+    assert blocked_for(redis_client, "exotel:other") == 0

@@ -1,0 +1,158 @@
+"""The retry policy applied by `execute`, in-process, with real Redis and the simulator."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from tests.support.processes import Simulator
+from worker import jobs, keys, ledger
+from worker.callbacks import event_from_fields
+from worker.circuit import open_circuits
+from worker.jobs import JobId
+from worker.runtime import Runtime
+from worker.settings import Settings
+from worker.simulator import SimulatorConfig, start_in_thread
+from worker.sinks.memory import MemorySink
+from worker.tasks import execute
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[Simulator]:
+    server, url = start_in_thread(SimulatorConfig())
+    yield Simulator(url)
+    server.shutdown()
+
+
+@pytest.fixture
+def make_rt(env: dict[str, str], sim: Simulator, redis_client: redis.Redis):  # type: ignore[no-untyped-def]
+    sim.reset()
+    MemorySink.reset()
+    made: list[Runtime] = []
+
+    def build(**extra: str) -> Runtime:
+        config = SimulatorConfig()
+        settings = Settings.from_env(
+            {
+                **env,
+                "EXOTEL_BASE_URL": sim.url,
+                "EXOTEL_ACCOUNT_SID": config.account_sid,
+                "EXOTEL_API_KEY": config.api_key,
+                "EXOTEL_API_TOKEN": config.api_token,
+                "SINKS": "memory://a memory://b",
+                **extra,
+            },
+            dotenv=False,
+        )
+        rt = Runtime(settings, client=redis_client)
+        made.append(rt)
+        return rt
+
+    yield build
+    for rt in made:
+        rt.close()
+
+
+def accept(rt: Runtime, call_sid: str) -> None:
+    rt.intake.accept(event_from_fields({"CallSid": call_sid, "Status": "completed"}))
+
+
+def run_due(rt: Runtime) -> list[str]:
+    return [execute(rt, jobs.JobId.parse(j)) for j in rt.book.claim()]
+
+
+def test_fetch_then_one_delivery_per_sink(make_rt) -> None:  # type: ignore[no-untyped-def]
+    rt = make_rt()
+    accept(rt, "t1")
+    assert run_due(rt) == ["done"]
+    assert rt.redis.exists(keys.record("t1"))
+    assert sorted(run_due(rt)) == ["done", "done"]
+    assert [r["call_sid"] for r in MemorySink.records("a")] == ["t1"]
+    assert [r["call_sid"] for r in MemorySink.records("b")] == ["t1"]
+    assert rt.book.size() == 0
+
+
+def test_stale_message_is_a_no_op(make_rt) -> None:  # type: ignore[no-untyped-def]
+    rt = make_rt()
+    assert execute(rt, JobId("fetch", "never-booked")) == "stale"
+
+
+def test_failing_sink_retries_alone_without_refetching(make_rt, sim: Simulator) -> None:  # type: ignore[no-untyped-def]
+    rt = make_rt(SINKS="memory://good memory://bad?fail=2")
+    accept(rt, "t2")
+    run_due(rt)
+    outcomes = sorted(run_due(rt))
+    assert outcomes == ["done", "retry"]
+    assert len(MemorySink.records("good")) == 1
+    for _ in range(2):
+        rt.redis.zadd(keys.JOBS, {jobs.deliver_id("t2", "memory-2"): 0})
+        run_due(rt)
+    assert len(MemorySink.records("bad")) == 1
+    assert MemorySink.attempts["good"] == 1  # never touched again
+    assert len(sim.requests_for("t2")) == 1  # legs fetched once
+
+
+def test_permanent_sink_failure_is_dead_lettered_with_its_reason(make_rt) -> None:  # type: ignore[no-untyped-def]
+    rt = make_rt(SINKS="memory://nope?fail=9&kind=permanent")
+    accept(rt, "t3")
+    run_due(rt)
+    assert run_due(rt) == ["dead"]
+    [letter] = list(rt.dead)
+    assert letter.sink == "memory" and letter.call_sid == "t3"
+    assert "injected failure" in letter.last_error and letter.attempts == 1
+    assert letter.callback and letter.callback["CallSid"] == "t3"
+
+
+def test_call_not_found_is_retried_a_few_times_then_dead(make_rt) -> None:  # type: ignore[no-untyped-def]
+    rt = make_rt()
+    accept(rt, "missing-call")
+    outcomes = []
+    for _ in range(3):
+        rt.redis.zadd(keys.JOBS, {jobs.fetch_id("missing-call"): 0})
+        outcomes += run_due(rt)
+    assert outcomes == ["retry", "retry", "dead"]
+    [letter] = list(rt.dead)
+    assert letter.sink is None and letter.upstream_code == 10744 and letter.attempts == 3
+
+
+def test_config_fault_opens_the_circuit_parks_and_probes_once(make_rt, sim: Simulator) -> None:  # type: ignore[no-untyped-def]
+    rt = make_rt()
+    sim.mode("unauthorized")
+    for n in range(5):
+        accept(rt, f"cf{n}")
+    outcomes = run_due(rt)
+    assert outcomes.count("parked") + outcomes.count("deferred") == 5
+    requests_while_open = sim.total()
+    assert requests_while_open >= 1
+    assert "exotel:exotel_sim" in open_circuits(rt.redis)
+    # everything comes due again: only the probe lock holder may call, and it is taken
+    rt.redis.zadd(keys.JOBS, {jobs.fetch_id(f"cf{n}"): 0 for n in range(5)})
+    assert set(run_due(rt)) == {"deferred"}
+    assert sim.total() == requests_while_open
+    # Exotel is fixed: the next probe closes the circuit and releases the parked calls
+    sim.mode("normal")
+    rt.redis.delete(keys.circuit("exotel:exotel_sim") + ":probe")
+    rt.redis.zadd(keys.JOBS, {jobs.fetch_id("cf0"): 0})
+    run_due(rt)
+    assert open_circuits(rt.redis) == {}
+    for _ in range(3):
+        run_due(rt)
+    assert {r["call_sid"] for r in MemorySink.records("a")} == {f"cf{n}" for n in range(5)}
+    assert not any(rt.dead)
+
+
+def test_forced_replay_delivers_again(make_rt) -> None:  # type: ignore[no-untyped-def]
+    rt = make_rt(SINKS="memory://a")
+    accept(rt, "t4")
+    run_due(rt)
+    run_due(rt)
+    assert ledger.delivered(rt.redis, "t4", "memory")
+    rt.book.schedule(jobs.deliver_id("t4", "memory"))
+    assert run_due(rt) == ["done"]
+    assert MemorySink.attempts["a"] == 1  # the ledger said no
+    rt.book.schedule(jobs.deliver_id("t4", "memory"))
+    rt.redis.hset(keys.job(jobs.deliver_id("t4", "memory")), "force", "1")
+    run_due(rt)
+    assert MemorySink.attempts["a"] == 2
