@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 import redis
 
 from worker.ratelimit import RateLimiter, blocked_for, burst_for
@@ -18,8 +20,8 @@ def test_reservations_are_spaced_at_the_rate_after_the_burst(redis_client: redis
     delays = [limiter.reserve("exotel:acme", rate) for _ in range(40)]
     assert all(d == 0 for d in delays[:10])  # the burst goes at once
     later = delays[10:]
-    assert all(b > a for a, b in zip(later, later[1:], strict=False))
-    gaps = [b - a for a, b in zip(later, later[1:], strict=False)]
+    assert all(b > a for a, b in itertools.pairwise(later))
+    gaps = [b - a for a, b in itertools.pairwise(later)]
     assert all(abs(g - 0.3) < 0.02 for g in gaps)
     # never more than rate + burst in any period: the 40th request is 30 slots after the burst
     assert abs(delays[-1] - 0.3 * 30) < 0.1

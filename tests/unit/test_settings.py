@@ -74,6 +74,11 @@ def test_secrets_are_listed_for_scrubbing() -> None:
         }
     )
     secrets = s.secrets()
-    for value in ("tok-secret-value", "aaaaaaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbbbbbb", "whsec_c2VjcmV0"):
+    for value in (
+        "tok-secret-value",
+        "aaaaaaaaaaaaaaaaaaaa",
+        "bbbbbbbbbbbbbbbbbbbb",
+        "whsec_c2VjcmV0",
+    ):
         assert value in secrets
     assert "tok-secret-value" not in repr(s)
