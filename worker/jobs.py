@@ -166,7 +166,7 @@ class Pump:
         book: JobBook,
         dispatch: Callable[[JobId], None],
         *,
-        interval: float = 0.2,
+        interval: float = 0.05,
         batch: int = 200,
     ) -> None:
         self.book = book

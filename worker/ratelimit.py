@@ -53,6 +53,9 @@ return tostring(untl)
 """
 
 
+HEADROOM = 0.98
+
+
 def burst_for(rate: Rate) -> int:
     """A small burst: 5% of the period's allowance, between 1 and 10 requests."""
     return max(1, min(10, int(rate.count * 0.05)))
@@ -67,8 +70,13 @@ class RateLimiter:
         self._block = self.redis.register_script(_BLOCK)
 
     def reserve(self, name: str, rate: Rate) -> float:
-        """Seconds until this caller may go (0 means now); the slot is held for it."""
-        emission = rate.period / rate.count
+        """Seconds until this caller may go (0 means now); the slot is held for it.
+
+        Slots are spaced for 98% of the rate: the pump hands a job over a few
+        tens of milliseconds after its slot, and that jitter must not push any
+        period over ``rate + burst``.
+        """
+        emission = rate.period / (rate.count * HEADROOM)
         tolerance = emission * (burst_for(rate) - 1)
         ttl = int(max(60, rate.period * 2))
         delay_ms, _ = self._reserve(keys=[keys.bucket(name)], args=[emission, tolerance, ttl])

@@ -12,8 +12,6 @@ RETRY = "retry"
 PARK = "park"
 DEAD = "dead"
 
-PARK_SECONDS = 60.0
-
 
 @dataclass(frozen=True)
 class Decision:
@@ -34,7 +32,7 @@ def decide(
     if error.kind is Kind.PERMANENT:
         return Decision(DEAD)
     if error.kind is Kind.CONFIG:
-        return Decision(PARK, PARK_SECONDS)
+        return Decision(PARK, float(settings.circuit_probe_seconds))
     limit = min(settings.retry_max_attempts, error.max_attempts or settings.retry_max_attempts)
     if attempt >= limit:
         return Decision(DEAD)

@@ -79,7 +79,9 @@ class Runtime:
 
     @cached_property
     def exotel_circuit(self) -> Circuit:
-        return Circuit(self.redis, self.exotel_limit_name)
+        return Circuit(
+            self.redis, self.exotel_limit_name, probe_interval=self.settings.circuit_probe_seconds
+        )
 
     @cached_property
     def sinks(self) -> dict[str, Sink]:

@@ -70,6 +70,7 @@ class Settings:
     retry_max_attempts: int = 12
     retention_hours: float = 48.0
     job_lease_seconds: float = 120.0
+    circuit_probe_seconds: int = 60
     spool_dir: Path = Path("./var/spool")
     default_country: str = "IN"
     sentry_dsn: str | None = field(default=None, repr=False)
@@ -257,6 +258,11 @@ def _parse(env: Mapping[str, str]) -> dict[str, Any]:
     out["retry_max_attempts"] = _integer(env, "RETRY_MAX_ATTEMPTS", 12, minimum=1)
     out["retention_hours"] = _number(env, "RETENTION_HOURS", 48.0, minimum=0.01)
     out["job_lease_seconds"] = _number(env, "JOB_LEASE_SECONDS", 120.0, minimum=1)
+    if out["job_lease_seconds"] > 300:
+        raise SettingsError(
+            "JOB_LEASE_SECONDS", "must be <= 300 so a killed worker's work returns within 5 minutes"
+        )
+    out["circuit_probe_seconds"] = _integer(env, "CIRCUIT_PROBE_SECONDS", 60, minimum=1)
     out["spool_dir"] = Path(_get(env, "SPOOL_DIR") or "./var/spool")
 
     country = (_get(env, "DEFAULT_COUNTRY") or "IN").upper()
