@@ -53,6 +53,22 @@ return tostring(untl)
 """
 
 
+# KEYS[1] bucket hash. ARGV: emission interval (s), burst tolerance (s), ttl (s)
+# Returns 0 when the request is allowed (and counted), else ms until one would be.
+# Unlike _RESERVE a refusal books nothing, so a flood cannot push the bucket ahead.
+_ALLOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local emission = tonumber(ARGV[1])
+local tat = tonumber(redis.call('HGET', KEYS[1], 'tat') or '0')
+if tat < now then tat = now end
+local wait = tat - tonumber(ARGV[2]) - now
+if wait > 0 then return math.max(1, math.ceil(wait * 1000)) end
+redis.call('HSET', KEYS[1], 'tat', tostring(tat + emission))
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 0
+"""
+
 HEADROOM = 0.98
 
 
@@ -68,6 +84,7 @@ class RateLimiter:
     def __post_init__(self) -> None:
         self._reserve = self.redis.register_script(_RESERVE)
         self._block = self.redis.register_script(_BLOCK)
+        self._allow = self.redis.register_script(_ALLOW)
 
     def reserve(self, name: str, rate: Rate) -> float:
         """Seconds until this caller may go (0 means now); the slot is held for it.
@@ -81,6 +98,18 @@ class RateLimiter:
         ttl = int(max(60, rate.period * 2))
         delay_ms, _ = self._reserve(keys=[keys.bucket(name)], args=[emission, tolerance, ttl])
         return float(delay_ms) / 1000.0
+
+    def allow(self, name: str, rate: Rate, burst: int) -> float:
+        """0 when a request may go now (it is counted), else seconds to wait (nothing counted).
+
+        For per-client limits that refuse rather than queue: up to ``burst``
+        requests at once, then ``rate``.
+        """
+        emission = rate.period / rate.count
+        tolerance = emission * (max(1, burst) - 1)
+        ttl = int(max(60, rate.period * 2))
+        wait_ms = self._allow(keys=[keys.bucket(name)], args=[emission, tolerance, ttl])
+        return float(wait_ms) / 1000.0
 
     def block(self, name: str, seconds: float) -> None:
         """Nobody may call ``name`` for ``seconds`` (the upstream said 429 + Retry-After)."""
