@@ -1,0 +1,141 @@
+"""What ``exolegs sinks list`` and ``exolegs sinks check`` print, as plain data.
+
+Every string returned here has passwords and secrets masked, so the CLI can
+print it as it is.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl, unquote, unquote_plus, urlsplit
+
+from worker.errors import ExolegsError, SettingsError
+from worker.redact import scrub
+from worker.sinks import registry
+
+if TYPE_CHECKING:
+    from redis import Redis
+
+    from worker.settings import Settings
+    from worker.sinks.base import Sink
+
+_SECRETISH = re.compile(r"(token|secret|password|passwd|key|auth|dsn|sig)", re.IGNORECASE)
+_SEPARATORS = re.compile(r"[\s,]+")
+
+
+def _class_path(cls: type[Sink]) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def list_sinks() -> list[dict[str, str]]:
+    """Every registered sink: ``name``, ``class``, ``url_help`` and ``error``.
+
+    ``error`` is empty for a sink that loads, else why it does not (the other
+    sinks still work: only the sinks a URL names are ever imported).
+    """
+    points = registry.entry_point_map()
+    rows: list[dict[str, str]] = []
+    for name, found in registry.available().items():
+        if isinstance(found, Exception):
+            rows.append(
+                {"name": name, "class": points[name].value, "url_help": "", "error": str(found)}
+            )
+        else:
+            rows.append(
+                {"name": name, "class": _class_path(found), "url_help": found.url_help, "error": ""}
+            )
+    return rows
+
+
+def url_secrets(url: str) -> list[str]:
+    """Secret-looking values in a sink URL, in every spelling a sink may decode them to."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return []
+    found = [password, unquote(password)] if password else []
+    for piece in parts.query.split("&"):
+        raw_key, _, raw_value = piece.partition("=")
+        if not raw_value or not _SECRETISH.search(unquote_plus(raw_key)):
+            continue
+        for value in {raw_value, unquote(raw_value), unquote_plus(raw_value)}:
+            found.append(value)
+            found.extend(_SEPARATORS.split(value))
+    for key, value in parse_qsl(parts.query):
+        if _SECRETISH.search(key) and value:
+            found.append(value)
+    expanded = list(found)
+    for value in found:  # whsec_<base64>: the key part alone is secret too
+        if value.startswith("whsec_"):
+            expanded.append(value[len("whsec_") :])
+    return [s for s in dict.fromkeys(expanded) if len(s) >= 4]
+
+
+def _secrets(settings: Settings) -> list[str]:
+    found = list(settings.secrets())
+    for url in settings.sinks:
+        found.extend(url_secrets(url))
+    return found
+
+
+def _describe(err: BaseException) -> str:
+    if isinstance(err, ExolegsError):
+        kind = "retryable" if err.retryable else "not retryable"
+        return f"{err.message} [{kind}]"
+    if isinstance(err, SettingsError):
+        return str(err)
+    return f"{type(err).__name__}: {err}"
+
+
+def _name_of(url: str) -> str:
+    try:
+        named = dict(parse_qsl(urlsplit(url).query)).get("name")
+    except ValueError:
+        named = None
+    return named or registry.scheme_of(url) or "?"
+
+
+def check_sinks(settings: Settings, redis: Redis | None = None) -> list[tuple[str, bool, str]]:
+    """Build every configured sink and run its ``check()``: ``(name, ok, message)`` each.
+
+    A URL that does not build is reported under its ``?name=`` (else its
+    scheme) and does not stop the others from being checked.
+    """
+    from worker.sinks.base import SinkContext
+
+    secrets = _secrets(settings)
+
+    def clean(text: str) -> str:
+        return scrub(text, secrets)
+
+    context = SinkContext(settings=settings, redis=redis)
+    urls = list(settings.sinks)
+    broken: dict[int, tuple[str, bool, str]] = {}
+    try:
+        sinks = list(registry.build_sinks(urls, context).values())
+    except Exception:  # noqa: BLE001 - find and report the URLs that do not build
+        for n, url in enumerate(urls):
+            try:
+                registry.build_sink(url, context).close()
+            except Exception as err:  # noqa: BLE001 - every failure is a row
+                broken[n] = (clean(_name_of(url)), False, clean(_describe(err)))
+        good = [url for n, url in enumerate(urls) if n not in broken]
+        sinks = list(registry.build_sinks(good, context).values())
+    built = iter(sinks)
+    results: list[tuple[str, bool, str]] = []
+    for n in range(len(urls)):
+        if n in broken:
+            results.append(broken[n])
+            continue
+        sink = next(built)
+        try:
+            message = sink.check()
+        except Exception as err:  # noqa: BLE001 - every failure is a row
+            results.append((clean(sink.name), False, clean(_describe(err))))
+        else:
+            results.append((clean(sink.name), True, clean(f"{sink.display_url}: {message}")))
+        finally:
+            sink.close()
+    return results
