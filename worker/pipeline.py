@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from worker import jobs, keys, ledger
 from worker.errors import ConfigFaultError, Deferred, PermanentError
-from worker.ratelimit import blocked_for
 from worker.settings import Rate
 
 if TYPE_CHECKING:
@@ -26,24 +26,30 @@ log = logging.getLogger("exolegs.pipeline")
 
 
 def take_slot(rt: Runtime, job_id: str, limit_name: str, rate: Rate) -> None:
-    """Hold a rate-limit reservation for this job, or defer it until its slot.
+    """Return when this job may call the upstream now; else raise Deferred.
 
-    A job keeps the slot it was given across the reschedule, so a backlog
-    drains in reservation order at the full rate.
+    A job first takes a slot in the limiter's book and is deferred to it, so a
+    backlog drains in order at the full rate. At its slot it must still pass
+    the strict gate; if it is refused (it came late, bunched with others) it
+    keeps its place and waits only as long as the gate says.
     """
     field = f"slot:{limit_name}"
     held = rt.redis.hget(keys.job(job_id), field)
     now = time.time()
-    if held is not None and float(held) <= now + 0.05:
+    if held is None:
+        delay = rt.limiter.reserve(limit_name, rate)
+        if delay > 0.01:
+            rt.redis.hset(keys.job(job_id), field, f"{now + delay:.3f}")
+            raise Deferred(delay, f"waiting {delay:.2f}s for a {limit_name} rate-limit slot")
+    elif float(held) > now:
+        raise Deferred(float(held) - now, f"waiting for its {limit_name} rate-limit slot")
+    wait = rt.limiter.acquire(limit_name, rate)
+    if wait > 0:
+        if held is None:
+            rt.redis.hset(keys.job(job_id), field, f"{now:.3f}")
+        raise Deferred(wait + random.uniform(0, wait / 2), f"{limit_name} gate closed")
+    if held is not None:
         rt.redis.hdel(keys.job(job_id), field)
-        wait = blocked_for(rt.redis, limit_name)
-        if wait <= 0:
-            return
-    delay = rt.limiter.reserve(limit_name, rate)
-    if delay <= 0.01:
-        return
-    rt.redis.hset(keys.job(job_id), field, f"{now + delay:.3f}")
-    raise Deferred(delay, f"waiting {delay:.2f}s for a {limit_name} rate-limit slot")
 
 
 def load_record(rt: Runtime, call_sid: str) -> CallRecord | None:

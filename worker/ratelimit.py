@@ -1,15 +1,18 @@
 """One global rate limit per name (an Exotel account, a sink), shared in Redis.
 
-It is GCRA used as a reservation book: each caller is handed the earliest
-moment it may call, and the book moves on by one emission interval. A task
-that is told to wait reschedules itself for exactly that moment instead of
-sleeping in a worker slot, and because every reservation is distinct a
-backlog drains at the full rate without a thundering herd. Under a backlog
-the upstream sees ``rate`` requests per period plus at most ``burst``.
+Two GCRA schedules live in one hash. The *book* hands each waiting job its
+own future slot, so a backlog is spread out in time and drains in order
+without a thundering herd; a task that is told to wait reschedules itself for
+that moment instead of sleeping in a worker slot. The *gate* is checked right
+before each request and is strict: a job that arrives late and bunched up
+with others (a busy queue) waits a little more rather than burst. So the
+upstream never sees more than ``rate`` per period plus ``burst``, and under a
+backlog it sees nearly all of ``rate``.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -37,6 +40,24 @@ if at < blocked then at = blocked end
 redis.call('HSET', KEYS[1], 'tat', tostring(tat + emission))
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 return {math.floor((at - now) * 1000), math.floor(blocked * 1000)}
+"""
+
+# KEYS[1] bucket hash. ARGV: emission interval (s), burst tolerance (s), ttl (s)
+# Returns 0 when a request may go now (and counts it), else the wait in ms.
+_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local emission = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local blocked = tonumber(redis.call('HGET', KEYS[1], 'blocked') or '0')
+if blocked > now then return math.ceil((blocked - now) * 1000) end
+local tat = tonumber(redis.call('HGET', KEYS[1], 'gate') or '0')
+if tat < now then tat = now end
+local allow_at = tat - tolerance
+if allow_at > now then return math.ceil((allow_at - now) * 1000) end
+redis.call('HSET', KEYS[1], 'gate', tostring(tat + emission))
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 0
 """
 
 # KEYS[1] bucket hash. ARGV: seconds to block. Empties the book for everyone.
@@ -73,8 +94,12 @@ HEADROOM = 0.98
 
 
 def burst_for(rate: Rate) -> int:
-    """A small burst: 5% of the period's allowance, between 1 and 10 requests."""
-    return max(1, min(10, int(rate.count * 0.05)))
+    """A small burst: 5% of the period's allowance, between 2 and 10 requests.
+
+    At least 2, so the strict gate absorbs the few milliseconds of jitter
+    between a job's slot and its request without turning it into lost rate.
+    """
+    return max(2, min(10, math.ceil(rate.count * 0.05)))
 
 
 @dataclass
@@ -84,6 +109,7 @@ class RateLimiter:
     def __post_init__(self) -> None:
         self._reserve = self.redis.register_script(_RESERVE)
         self._block = self.redis.register_script(_BLOCK)
+        self._acquire = self.redis.register_script(_ACQUIRE)
         self._allow = self.redis.register_script(_ALLOW)
 
     def reserve(self, name: str, rate: Rate) -> float:
@@ -109,6 +135,14 @@ class RateLimiter:
         tolerance = emission * (max(1, burst) - 1)
         ttl = int(max(60, rate.period * 2))
         wait_ms = self._allow(keys=[keys.bucket(name)], args=[emission, tolerance, ttl])
+        return float(wait_ms) / 1000.0
+
+    def acquire(self, name: str, rate: Rate) -> float:
+        """Take a request from the strict gate now (0), or learn how long to wait."""
+        emission = rate.period / rate.count
+        tolerance = emission * (burst_for(rate) - 1)
+        ttl = int(max(60, rate.period * 2))
+        wait_ms = self._acquire(keys=[keys.bucket(name)], args=[emission, tolerance, ttl])
         return float(wait_ms) / 1000.0
 
     def block(self, name: str, seconds: float) -> None:

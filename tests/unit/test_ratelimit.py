@@ -10,8 +10,8 @@ from worker.settings import Rate
 
 def test_burst_is_small() -> None:
     assert burst_for(Rate(200, 60)) == 10
-    assert burst_for(Rate(10, 1)) == 1
-    assert burst_for(Rate(1, 60)) == 1
+    assert burst_for(Rate(10, 1)) == 2
+    assert burst_for(Rate(1, 60)) == 2
 
 
 def test_reservations_are_spaced_at_the_rate_after_the_burst(redis_client: redis.Redis) -> None:
@@ -30,8 +30,8 @@ def test_reservations_are_spaced_at_the_rate_after_the_burst(redis_client: redis
 
 def test_names_are_independent(redis_client: redis.Redis) -> None:
     limiter = RateLimiter(redis_client)
-    rate = Rate(1, 60)
-    assert limiter.reserve("exotel:a", rate) == 0
+    rate = Rate(1, 60)  # burst 2
+    assert limiter.reserve("exotel:a", rate) == limiter.reserve("exotel:a", rate) == 0
     assert limiter.reserve("exotel:b", rate) == 0
     assert limiter.reserve("exotel:a", rate) > 50
 
@@ -43,3 +43,14 @@ def test_block_empties_the_bucket_for_everyone(redis_client: redis.Redis) -> Non
     assert 1.8 < blocked_for(redis_client, "exotel:acme") <= 2.0
     assert limiter.reserve("exotel:acme", rate) >= 1.8
     assert blocked_for(redis_client, "exotel:other") == 0
+
+
+def test_the_gate_is_strict(redis_client: redis.Redis) -> None:
+    limiter = RateLimiter(redis_client)
+    rate = Rate(10, 1)  # burst 2
+    assert limiter.acquire("exotel:g", rate) == 0
+    assert limiter.acquire("exotel:g", rate) == 0
+    wait = limiter.acquire("exotel:g", rate)
+    assert 0.05 < wait <= 0.1  # refused, told how long
+    limiter.block("exotel:g", 1.0)
+    assert limiter.acquire("exotel:g", rate) > 0.9
