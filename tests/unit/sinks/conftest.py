@@ -631,3 +631,8 @@ def example_plugin_case(env: CaseEnv) -> SinkCase:
             "permanent": a_file,
         },
     )
+
+
+# ---------------------------------------------------------------- the CRM sinks' cases
+# HubSpot, Zoho, Salesforce and LeadSquared register theirs (against local fakes of each CRM).
+import tests.unit.sinks.fakes.contract  # noqa: E402, F401
