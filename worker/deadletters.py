@@ -34,6 +34,10 @@ class DeadLetter:
         return asdict(self)
 
 
+def _text(raw: Any) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
 def _f(value: str | None) -> float | None:
     return float(value) if value else None
 
@@ -79,7 +83,7 @@ class DeadLetters:
 
     def __iter__(self) -> Iterator[DeadLetter]:
         for raw_id in self.redis.zrange(keys.DEAD, 0, -1):
-            letter = self.get(raw_id.decode() if isinstance(raw_id, bytes) else raw_id)
+            letter = self.get(_text(raw_id))
             if letter is not None:
                 yield letter
 
@@ -111,7 +115,7 @@ class DeadLetters:
             return 0
         pipe = self.redis.pipeline()
         for raw_id in ids:
-            job_id = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
+            job_id = _text(raw_id)
             pipe.delete(keys.dead(job_id))
             pipe.zrem(keys.DEAD, job_id)
         pipe.execute()

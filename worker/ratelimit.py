@@ -149,16 +149,3 @@ class RateLimiter:
         """Nobody may call ``name`` for ``seconds`` (the upstream said 429 + Retry-After)."""
         self._block(keys=[keys.bucket(name)], args=[max(0.0, seconds)])
 
-
-_BLOCKED_FOR = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local blocked = tonumber(redis.call('HGET', KEYS[1], 'blocked') or '0')
-if blocked > now then return math.floor((blocked - now) * 1000) end
-return 0
-"""
-
-
-def blocked_for(redis: Redis, name: str) -> float:
-    """Seconds left on a block from :meth:`RateLimiter.block` (0 when none)."""
-    return float(redis.eval(_BLOCKED_FOR, 1, keys.bucket(name))) / 1000.0  # type: ignore[arg-type]

@@ -4,26 +4,60 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, unquote_plus, urlsplit
 
 MASK = "***"
 _SECRETISH = re.compile(r"(token|secret|password|passwd|key|auth|dsn|sig)", re.IGNORECASE)
+_SEPARATORS = re.compile(r"[\s,]+")
 
 
 def mask_url(url: str) -> str:
-    """The URL with its password and secret-looking query values masked."""
+    """The URL with its password and every secret-looking query value masked.
+
+    Works on the text itself, so a URL without a host (``jsonl:///abs/x``)
+    comes back exactly as given apart from the masks.
+    """
     try:
         parts = urlsplit(url)
+        password = parts.password
     except ValueError:
         return MASK
-    netloc = parts.netloc
-    if parts.password:
-        netloc = netloc.replace(f":{parts.password}@", f":{MASK}@")
-    query = urlencode(
-        [(k, MASK if _SECRETISH.search(k) else v) for k, v in parse_qsl(parts.query, True)],
-        safe="*",
-    )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    masked = url
+    if password:
+        masked = masked.replace(f":{password}@", f":{MASK}@", 1)
+    if parts.query:
+        pieces = []
+        for piece in parts.query.split("&"):
+            key, sep, value = piece.partition("=")
+            secret = sep and value and _SECRETISH.search(unquote_plus(key))
+            pieces.append(f"{key}={MASK}" if secret else piece)
+        masked = masked.replace(f"?{parts.query}", "?" + "&".join(pieces), 1)
+    return masked
+
+
+def url_secrets(url: str) -> list[str]:
+    """Secret-looking values in a sink URL, in every spelling a sink may decode them to."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return []
+    found = [password, unquote(password)] if password else []
+    for piece in parts.query.split("&"):
+        raw_key, _, raw_value = piece.partition("=")
+        if not raw_value or not _SECRETISH.search(unquote_plus(raw_key)):
+            continue
+        for value in {raw_value, unquote(raw_value), unquote_plus(raw_value)}:
+            found.append(value)
+            found.extend(_SEPARATORS.split(value))
+    for key, value in parse_qsl(parts.query):
+        if _SECRETISH.search(key) and value:
+            found.append(value)
+    expanded = list(found)
+    for value in found:  # whsec_<base64>: the key part alone is secret too
+        if value.startswith("whsec_"):
+            expanded.append(value[len("whsec_") :])
+    return [s for s in dict.fromkeys(expanded) if len(s) >= 4]
 
 
 def scrub(text: str, secrets: Iterable[str]) -> str:

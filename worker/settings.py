@@ -16,12 +16,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from worker.errors import SettingsError
+from worker.redact import mask_url, url_secrets
 
 REGION_HOSTS = {"sg": "https://ccm-api.exotel.com", "in": "https://ccm-api.in.exotel.com"}
 CALL_SID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _PERIODS = {"second": 1.0, "minute": 60.0, "hour": 3600.0}
 _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(second|minute|hour)s?\s*$", re.IGNORECASE)
-_SECRET_NAMES = ("TOKEN", "SECRET", "PASSWORD", "DSN", "KEY", "AUTH")
 
 
 @dataclass(frozen=True)
@@ -121,27 +121,15 @@ class Settings:
         found = [self.exotel_api_token, self.sentry_dsn, *self.callback_tokens]
         if self.callback_basic_auth:
             found.append(self.callback_basic_auth[1])
-        found.extend(_url_secrets(self.redis_url))
+        found.extend(url_secrets(self.redis_url))
         for url in self.sinks:
-            found.extend(_url_secrets(url))
+            found.extend(url_secrets(url))
         if self.exotel_api_key and self.exotel_api_token:
             import base64
 
             pair = f"{self.exotel_api_key}:{self.exotel_api_token}".encode()
             found.append(base64.b64encode(pair).decode())
         return [s for s in found if s and len(s) >= 4]
-
-
-def _url_secrets(url: str) -> list[str]:
-    """Passwords and secret-looking query values inside a URL."""
-    from urllib.parse import parse_qsl
-
-    parts = urlsplit(url)
-    found = [parts.password] if parts.password else []
-    for key, value in parse_qsl(parts.query):
-        if any(word in key.upper() for word in _SECRET_NAMES) and value:
-            found.append(value)
-    return [s for s in found if s]
 
 
 def _get(env: Mapping[str, str], name: str) -> str | None:
@@ -248,7 +236,7 @@ def _parse(env: Mapping[str, str]) -> dict[str, Any]:
     out["sinks"] = sinks or ("jsonl://./var/calls.jsonl",)
     for url in out["sinks"]:
         if "://" not in url:
-            raise SettingsError("SINKS", f"{_mask_url(url)!r} is not a URL (scheme://...)")
+            raise SettingsError("SINKS", f"{mask_url(url)!r} is not a URL (scheme://...)")
 
     out["fetch_delay_seconds"] = _number(env, "FETCH_DELAY_SECONDS", 30.0)
     out["retry_base_seconds"] = _number(env, "RETRY_BASE_SECONDS", 5.0, minimum=0.01)
@@ -289,7 +277,3 @@ def _parse(env: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
-def _mask_url(url: str) -> str:
-    from worker.redact import mask_url
-
-    return mask_url(url)

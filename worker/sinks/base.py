@@ -48,7 +48,7 @@ class Sink(ABC):
         self.context = context
         parts = urlsplit(url)
         self.query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
-        self.name = self.query.pop("name", None) or self.scheme
+        self.name = self.query.pop("name", "") or self.scheme
         self.rate_limit = self.default_rate_limit
         if "rate_limit" in self.query:
             from worker.settings import parse_rate

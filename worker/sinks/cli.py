@@ -6,9 +6,8 @@ print it as it is.
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qsl, unquote, unquote_plus, urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from worker.errors import ExolegsError, SettingsError
 from worker.redact import scrub
@@ -20,8 +19,6 @@ if TYPE_CHECKING:
     from worker.settings import Settings
     from worker.sinks.base import Sink
 
-_SECRETISH = re.compile(r"(token|secret|password|passwd|key|auth|dsn|sig)", re.IGNORECASE)
-_SEPARATORS = re.compile(r"[\s,]+")
 
 
 def _class_path(cls: type[Sink]) -> str:
@@ -48,36 +45,8 @@ def list_sinks() -> list[dict[str, str]]:
     return rows
 
 
-def url_secrets(url: str) -> list[str]:
-    """Secret-looking values in a sink URL, in every spelling a sink may decode them to."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return []
-    found = [password, unquote(password)] if password else []
-    for piece in parts.query.split("&"):
-        raw_key, _, raw_value = piece.partition("=")
-        if not raw_value or not _SECRETISH.search(unquote_plus(raw_key)):
-            continue
-        for value in {raw_value, unquote(raw_value), unquote_plus(raw_value)}:
-            found.append(value)
-            found.extend(_SEPARATORS.split(value))
-    for key, value in parse_qsl(parts.query):
-        if _SECRETISH.search(key) and value:
-            found.append(value)
-    expanded = list(found)
-    for value in found:  # whsec_<base64>: the key part alone is secret too
-        if value.startswith("whsec_"):
-            expanded.append(value[len("whsec_") :])
-    return [s for s in dict.fromkeys(expanded) if len(s) >= 4]
-
-
 def _secrets(settings: Settings) -> list[str]:
-    found = list(settings.secrets())
-    for url in settings.sinks:
-        found.extend(url_secrets(url))
-    return found
+    return settings.secrets()
 
 
 def _describe(err: BaseException) -> str:

@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from tests.unit.sinks.conftest import WebhookReceiver, free_port, new_whsec
+from worker.redact import url_secrets
 from worker.settings import Settings
 from worker.sinks import cli, registry
 
@@ -94,7 +95,7 @@ def test_check_sinks_reports_each_sink_in_order_with_secrets_masked(
 
 
 def test_url_secrets_covers_every_spelling() -> None:
-    found = cli.url_secrets(
+    found = url_secrets(
         "webhook+https://u:pw%2Fx@h/p?secret=whsec_abcd+efgh%20whsec_ijkl&q=12345"
     )
     for value in ("pw%2Fx", "pw/x", "whsec_abcd+efgh", "whsec_ijkl", "abcd+efgh", "ijkl"):

@@ -30,7 +30,7 @@ from worker.errors import ExolegsError
 from worker.settings import Settings
 from worker.sinks import registry
 from worker.sinks.base import Sink
-from worker.sinks.cli import url_secrets
+from worker.redact import url_secrets
 
 
 def _secrets(case: SinkCase) -> list[str]:
