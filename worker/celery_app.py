@@ -3,16 +3,38 @@
 from __future__ import annotations
 
 import logging
+import os
 import ssl
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery, signals
 
 from worker.settings import Settings
 
+if TYPE_CHECKING:
+    from worker.jobs import Pump
+    from worker.runtime import Runtime
+
 log = logging.getLogger("exolegs.worker")
 
-app = Celery("exolegs")
+
+class ExolegsCelery(Celery):  # type: ignore[misc]
+    """The Celery app, carrying this process's Runtime and job pump."""
+
+    _runtime: tuple[int, Runtime] | None = None
+    pump: Pump | None = None
+
+    def runtime(self) -> Runtime:
+        """One Runtime per process, built after fork so no connection is shared."""
+        from worker.runtime import Runtime
+
+        pid = os.getpid()
+        if self._runtime is None or self._runtime[0] != pid:
+            self._runtime = (pid, Runtime(current_settings()))
+        return self._runtime[1]
+
+
+app = ExolegsCelery("exolegs")
 app.conf.update(task_default_queue="exolegs")
 
 # Broker redelivery backstop. The job book re-dispatches a killed worker's job
@@ -38,7 +60,7 @@ def configure(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         worker_cancel_long_running_tasks_on_connection_loss=True,
         worker_soft_shutdown_timeout=20.0,
-        worker_enable_soft_shutdown_on_idle=True,
+        worker_enable_soft_shutdown_on_idle=False,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         task_soft_time_limit=int(settings.job_lease_seconds * 0.5),

@@ -9,6 +9,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from worker.errors import ExolegsError, SettingsError
 from worker.settings import CALL_SID_RE, Settings
 
@@ -278,6 +280,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except ExolegsError as err:
         print(f"exolegs: {err.message}", file=sys.stderr)
+        return 1
+    except RedisError as err:
+        from worker.redact import mask_url
+
+        url = mask_url(Settings.from_env().redis_url)
+        print(f"exolegs: cannot reach Redis at {url} ({err}); is it running?", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

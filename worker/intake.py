@@ -63,7 +63,7 @@ class Intake:
         result = int(
             self._accept(
                 keys=[
-                    keys.seen(sid, event.dedupe_key),
+                    keys.seen(event.dedupe_key),
                     keys.call(sid),
                     keys.fetch_once(sid),
                     keys.JOBS,

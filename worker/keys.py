@@ -5,9 +5,12 @@ from __future__ import annotations
 PREFIX = "exolegs"
 
 
-def seen(call_sid: str, dedupe_key: str) -> str:
-    """Set once per (call, event): a repeat of the same callback is a duplicate."""
-    return f"{PREFIX}:seen:{call_sid}:{dedupe_key}"
+def seen(dedupe_key: str) -> str:
+    """Set once per (call, event): a repeat of the same callback is a duplicate.
+
+    The dedupe key (worker.callbacks.CallbackEvent.dedupe_key) starts with the call sid.
+    """
+    return f"{PREFIX}:seen:{dedupe_key}"
 
 
 def call(call_sid: str) -> str:

@@ -6,10 +6,9 @@ The work is in :mod:`worker.pipeline`; the waiting is in the job book.
 from __future__ import annotations
 
 import logging
-import os
 
 from worker import jobs, pipeline
-from worker.celery_app import app, current_settings
+from worker.celery_app import app
 from worker.errors import Deferred, ExolegsError, Kind, TransientError
 from worker.jobs import JobId, Pump
 from worker.retry import DEAD, PARK, decide
@@ -17,27 +16,15 @@ from worker.runtime import Runtime
 
 log = logging.getLogger("exolegs.tasks")
 
-_runtime: dict[int, Runtime] = {}
-_pump: list[Pump] = []
-
-
-def runtime() -> Runtime:
-    """One Runtime per process (built after fork, so no connection is shared)."""
-    pid = os.getpid()
-    if pid not in _runtime:
-        _runtime.clear()
-        _runtime[pid] = Runtime(current_settings())
-    return _runtime[pid]
-
 
 @app.task(name="exolegs.fetch_legs", ignore_result=True)
 def fetch_legs(call_sid: str) -> str:
-    return execute(runtime(), JobId(jobs.FETCH, call_sid))
+    return execute(app.runtime(), JobId(jobs.FETCH, call_sid))
 
 
 @app.task(name="exolegs.deliver", ignore_result=True)
 def deliver(call_sid: str, sink: str) -> str:
-    return execute(runtime(), JobId(jobs.DELIVER, call_sid, sink))
+    return execute(app.runtime(), JobId(jobs.DELIVER, call_sid, sink))
 
 
 def dispatch(job: JobId) -> None:
@@ -120,13 +107,13 @@ def _failed(rt: Runtime, job: JobId, attempt: int, err: ExolegsError) -> str:
 
 
 def start_pump() -> Pump:
-    rt = runtime()
-    pump = Pump(rt.book, dispatch).start()
-    _pump.append(pump)
+    rt = app.runtime()
+    app.pump = Pump(rt.book, dispatch).start()
     log.info("job pump started (lease %.0fs)", rt.settings.job_lease_seconds)
-    return pump
+    return app.pump
 
 
 def stop_pump() -> None:
-    while _pump:
-        _pump.pop().stop()
+    if app.pump is not None:
+        app.pump.stop()
+        app.pump = None
