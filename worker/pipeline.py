@@ -11,8 +11,9 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from worker import jobs, keys, ledger
 from worker.errors import ConfigFaultError, Deferred, PermanentError
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from worker.sinks.base import CallRecord
 
 log = logging.getLogger("exolegs.pipeline")
+T = TypeVar("T")
 
 
 def take_slot(rt: Runtime, job_id: str, limit_name: str, rate: Rate) -> None:
@@ -78,36 +80,54 @@ def build_call_record(rt: Runtime, call_sid: str, body: dict[str, Any]) -> CallR
     )
 
 
+def call_upstream(
+    rt: Runtime, job_id: str, name: str, rate: Rate | None, call: Callable[[], T]
+) -> T:
+    """Call an upstream (Exotel, a sink) through its circuit and its rate limit.
+
+    While the upstream's circuit is open (our credentials or account are
+    wrong), the job is parked instead of calling, except for the one probe
+    per CIRCUIT_PROBE_SECONDS; a probe that works closes the circuit.
+    """
+    circuit = rt.circuit(name)
+    probing = False
+    if circuit.is_open():
+        if not circuit.try_probe():
+            circuit.park(job_id)
+            reason = (circuit.state() or {}).get("reason", "configuration fault")
+            raise Deferred(circuit.park_delay(), f"parked: {name} circuit open ({reason})")
+        probing = True
+    elif rate is not None:
+        take_slot(rt, job_id, name, rate)
+    try:
+        result = call()
+    except ConfigFaultError as err:
+        circuit.park(job_id)
+        if circuit.open(err.message):
+            log.error(
+                "%s (%s circuit open: work is parked, one probe every %ds until it works)",
+                err.message,
+                name,
+                circuit.probe_interval,
+            )
+            _sentry(err)
+        raise
+    if probing:
+        circuit.close(rt.book)
+    return result
+
+
 def fetch_call(rt: Runtime, call_sid: str) -> CallRecord:
     """Fetch the legs once, keep the record, and book one delivery per sink."""
-    job_id = jobs.fetch_id(call_sid)
     record = load_record(rt, call_sid)
     if record is None:
-        circuit = rt.exotel_circuit
-        probing = False
-        if circuit.is_open():
-            if not circuit.try_probe():
-                circuit.park(job_id)
-                state = circuit.state() or {}
-                raise Deferred(
-                    circuit.park_delay(),
-                    f"parked: Exotel circuit open ({state.get('reason', 'configuration fault')})",
-                )
-            probing = True
-        else:
-            take_slot(rt, job_id, rt.exotel_limit_name, rt.settings.exotel_rate_limit)
-        try:
-            body = rt.exotel.fetch_legs(call_sid)
-        except ConfigFaultError as err:
-            circuit.park(job_id)
-            if circuit.open(err.message):
-                log.error(
-                    "%s (Exotel circuit open: one probe a minute until it works)", err.message
-                )
-                _sentry(err)
-            raise
-        if probing:
-            circuit.close(rt.book)
+        body = call_upstream(
+            rt,
+            jobs.fetch_id(call_sid),
+            rt.exotel_limit_name,
+            rt.settings.exotel_rate_limit,
+            lambda: rt.exotel.fetch_legs(call_sid),
+        )
         record = build_call_record(rt, call_sid, body)
         rt.redis.set(
             keys.record(call_sid),
@@ -134,11 +154,14 @@ def deliver_call(rt: Runtime, call_sid: str, sink_name: str, *, force: bool = Fa
         return False
     if not force and ledger.delivered(rt.redis, call_sid, sink_name):
         return False
-    job_id = jobs.deliver_id(call_sid, sink_name)
-    if sink.rate_limit is not None:
-        take_slot(rt, job_id, f"sink:{sink_name}", sink.rate_limit)
-    return ledger.deliver_once(
-        rt.redis, sink, record, retention_seconds=rt.settings.retention_seconds, force=force
+    return call_upstream(
+        rt,
+        jobs.deliver_id(call_sid, sink_name),
+        f"sink:{sink_name}",
+        sink.rate_limit,
+        lambda: ledger.deliver_once(
+            rt.redis, sink, record, retention_seconds=rt.settings.retention_seconds, force=force
+        ),
     )
 
 

@@ -77,11 +77,9 @@ class Runtime:
     def exotel_limit_name(self) -> str:
         return f"exotel:{self.settings.exotel_account_sid or 'unconfigured'}"
 
-    @cached_property
-    def exotel_circuit(self) -> Circuit:
-        return Circuit(
-            self.redis, self.exotel_limit_name, probe_interval=self.settings.circuit_probe_seconds
-        )
+    def circuit(self, name: str) -> Circuit:
+        """The configuration-fault circuit of an upstream (``exotel:<sid>``, ``sink:<name>``)."""
+        return Circuit(self.redis, name, probe_interval=self.settings.circuit_probe_seconds)
 
     @cached_property
     def sinks(self) -> dict[str, Sink]:

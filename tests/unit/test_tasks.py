@@ -156,3 +156,23 @@ def test_forced_replay_delivers_again(make_rt) -> None:  # type: ignore[no-untyp
     rt.redis.hset(keys.job(jobs.deliver_id("t4", "memory")), "force", "1")
     run_due(rt)
     assert MemorySink.attempts["a"] == 2
+
+
+def test_sink_with_bad_credentials_is_parked_behind_its_circuit(make_rt) -> None:  # type: ignore[no-untyped-def]
+    rt = make_rt(SINKS="memory://crm?fail=1&kind=config memory://ok", CIRCUIT_PROBE_SECONDS="60")
+    for n in range(3):
+        accept(rt, f"sc{n}")
+    run_due(rt)  # three fetches
+    outcomes = run_due(rt)  # six deliveries
+    assert outcomes.count("done") == 3  # the healthy sink is not held up
+    assert "sink:memory" in open_circuits(rt.redis)
+    assert MemorySink.attempts["crm"] <= 1 + 1  # the failure, at most one probe
+    # the probe interval passes: one probe succeeds and releases every parked delivery
+    rt.redis.delete(keys.circuit("sink:memory") + ":probe")
+    for _ in range(4):
+        pending = rt.redis.zrange(keys.JOBS, 0, -1)
+        if pending:
+            rt.redis.zadd(keys.JOBS, dict.fromkeys(pending, 0))
+        run_due(rt)
+    assert open_circuits(rt.redis) == {}
+    assert {r["call_sid"] for r in MemorySink.records("crm")} == {"sc0", "sc1", "sc2"}

@@ -1,7 +1,7 @@
 """An in-process sink that tests use instead of mocks.
 
 ``memory://bucket`` keeps delivered records in a list per bucket (one process
-only). ``?fail=N&kind=transient|permanent|rate_limited`` fails the first N
+only). ``?fail=N&kind=transient|permanent|rate_limited|config`` fails the first N
 deliveries, so retry paths can be exercised with real code.
 """
 
@@ -12,13 +12,13 @@ from collections import defaultdict
 from typing import ClassVar
 from urllib.parse import urlsplit
 
-from worker.errors import PermanentError, RateLimitedError, TransientError
+from worker.errors import ConfigFaultError, PermanentError, RateLimitedError, TransientError
 from worker.sinks.base import CallRecord, Sink, SinkContext
 
 
 class MemorySink(Sink):
     scheme = "memory"
-    url_help = "memory://BUCKET[?fail=N&kind=transient|permanent|rate_limited] - tests only"
+    url_help = "memory://BUCKET[?fail=N&kind=transient|permanent|rate_limited|config] - tests"
     native_idempotency = True
 
     buckets: ClassVar[dict[str, dict[str, CallRecord]]] = defaultdict(dict)
@@ -40,6 +40,8 @@ class MemorySink(Sink):
                     raise PermanentError(message)
                 if self.kind == "rate_limited":
                     raise RateLimitedError(message, retry_after=1.0)
+                if self.kind == "config":
+                    raise ConfigFaultError(message)
                 raise TransientError(message)
             self.buckets[self.bucket][record["call_sid"]] = record
 
