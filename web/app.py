@@ -5,9 +5,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from flask import Flask, jsonify
-from flask.typing import ResponseReturnValue
-from werkzeug.exceptions import HTTPException
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from web.guard import Guard
 from worker.errors import SettingsError
@@ -43,9 +42,15 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
 
         runtime.intake.accept(event_from_fields(fields))
 
-    app = Flask("exolegs")
+    # No static files, no automatic OPTIONS answers, no slash-merging redirects:
+    # the only routes are the callback and the health checks (docs/openapi.yaml).
+    app = Flask("exolegs", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    edge = Edge(settings, runtime, Guard(settings), spool, Drainer(spool, accept_spooled))
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
+    app.url_map.merge_slashes = False
+    limiter = runtime.limiter if settings.callback_rate_limit else None
+    guard = Guard(settings, limiter=limiter)
+    edge = Edge(settings, runtime, guard, spool, Drainer(spool, accept_spooled))
     app.extensions["exolegs"] = edge
 
     from web.callback import bp as callback_bp
@@ -53,15 +58,59 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
 
     app.register_blueprint(callback_bp)
     app.register_blueprint(health_bp)
+    _no_implicit_head(app, "callback.callback")
 
     @app.errorhandler(HTTPException)
-    def http_error(err: HTTPException) -> ResponseReturnValue:
-        return jsonify(error=err.description or err.name), err.code or 500
+    def http_error(err: HTTPException) -> Response:
+        return json_error(err, settings.max_body_bytes)
 
     @app.errorhandler(Exception)
-    def unexpected(err: Exception) -> ResponseReturnValue:
+    def unexpected(err: Exception) -> Response:
         log.exception("unexpected error while handling a request")
-        return jsonify(error="internal error"), 500
+        response = jsonify(error="internal error")
+        response.status_code = 500
+        return response
 
     edge.drainer.start()
     return app
+
+
+#: Short one-line reasons for werkzeug's stock errors (their descriptions are prose).
+_REASONS = {
+    400: "bad request",
+    404: "not found",
+    405: "method not allowed",
+    408: "request timeout",
+    411: "length required",
+    413: "body too large",
+    414: "URI too long",
+    415: "unsupported media type",
+    431: "request header fields too large",
+}
+
+
+def json_error(err: HTTPException, max_body_bytes: int) -> Response:
+    """Any HTTP error as ``{"error": "<one line>"}``, keeping its headers (Allow, ...)."""
+    code = err.code or 500
+    if isinstance(err, RequestEntityTooLarge):
+        message = f"body over {max_body_bytes} bytes"
+    elif err.description and err.description != type(err).description:
+        message = " ".join(str(err.description).split())[:200]
+    else:
+        message = _REASONS.get(code) or err.name.lower()
+    response = jsonify(error=message)
+    response.status_code = code
+    for name, value in err.get_headers():
+        if name.lower() != "content-type":
+            response.headers[name] = value
+    return response
+
+
+def _no_implicit_head(app: Flask, endpoint: str) -> None:
+    """Werkzeug adds HEAD to every GET rule; the callback books work, so it takes GET/POST only.
+
+    Then HEAD is a 405 like any other method, and ``Allow`` says ``GET, POST``.
+    """
+    for rule in app.url_map.iter_rules(endpoint):
+        if rule.methods is not None:
+            rule.methods.discard("HEAD")

@@ -14,6 +14,7 @@ from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 from redis.exceptions import RedisError
 
+from web.guard import Refusal
 from web.payload import PayloadError, decode_body
 from worker.callbacks import CallbackError, event_from_fields
 
@@ -25,12 +26,17 @@ def error(status: int, message: str) -> ResponseReturnValue:
     return jsonify(error=message), status
 
 
+def refused(refusal: Refusal) -> ResponseReturnValue:
+    return jsonify(error=refusal.message), refusal.status, list(refusal.headers)
+
+
 @bp.route("/exotel/callback/<token>", methods=["GET", "POST"])
 def callback(token: str) -> ResponseReturnValue:
     edge = current_app.extensions["exolegs"]
-    refusal = edge.guard.check(request, token)
+    # Allow-list, rate limit, token, Basic: all before a byte of the body is read.
+    refusal = edge.guard.check(request.environ, token)
     if refusal is not None:
-        return error(*refusal)
+        return refused(refusal)
     try:
         body = request.get_data(cache=False)
         fields = decode_body(request.content_type, body, list(request.args.items(multi=True)))

@@ -1,27 +1,225 @@
-"""Who may post a callback: the URL token, compared in constant time."""
+"""Who may post a callback, checked before the body is read.
+
+Exotel does not sign its callbacks, so the secret in the URL is the only proof
+of origin and the endpoint is treated as open to the whole internet. The
+checks run in this order, cheapest and least revealing first (see
+``docs/security.md``):
+
+1. **Client network** (``CALLBACK_ALLOWED_IPS``): a client outside every
+   listed network gets 403 at once, without touching Redis. A client inside
+   is trusted not to flood and skips the rate limit.
+2. **Rate limit** (``CALLBACK_RATE_LIMIT``): per client address, in Redis so
+   it holds across every web process; over the limit is 429 with
+   ``Retry-After``. It runs before the token check so that guessing tokens is
+   throttled too. If Redis cannot answer, the limit fails open for a few
+   seconds: the callback must still reach the spool.
+3. **Path token** (``CALLBACK_TOKEN``, comma-separated for rotation): compared
+   in constant time against every configured token (HMACs of equal length, no
+   early exit), 403 when none matches.
+4. **HTTP Basic** (``CALLBACK_BASIC_AUTH``): after the token, so that without
+   the token nobody learns whether a password is right; 401 with
+   ``WWW-Authenticate``.
+
+The client address is ``REMOTE_ADDR`` unless ``TRUSTED_PROXIES`` = N > 0, in
+which case it is the entry N hops from the right of ``X-Forwarded-For`` (each
+proxy appends the address it saw, so everything further left is whatever the
+client wrote). With 0, ``X-Forwarded-For`` is never read.
+
+Everything that can be computed once is computed in ``__init__``; a request
+with no allow-list and no rate limit costs one HMAC and one comparison per
+configured token.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import hmac
+import ipaddress
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from flask import Request
+from redis.exceptions import RedisError
 
 from worker.settings import Settings
 
+if TYPE_CHECKING:
+    from worker.ratelimit import RateLimiter
+
+log = logging.getLogger("exolegs.web.guard")
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+#: How long the rate limit stays off after Redis failed to answer it.
+LIMIT_FAIL_OPEN_SECONDS = 5.0
+#: IPv6 clients are limited per /64: one subscriber usually holds a whole /64.
+IPV6_LIMIT_PREFIX = 64
+#: Longest Authorization header worth decoding (a user:password pair is short).
+MAX_AUTHORIZATION = 1024
+
+REALM = 'Basic realm="exolegs callbacks", charset="UTF-8"'
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a request is refused: the status, a one-line reason and extra headers."""
+
+    status: int
+    message: str
+    headers: tuple[tuple[str, str], ...] = field(default=())
+
+
+FORBIDDEN = Refusal(403, "forbidden")
+NOT_ALLOWED = Refusal(403, "client address not allowed")
+UNAUTHORIZED = Refusal(401, "authentication required", (("WWW-Authenticate", REALM),))
+
+
+def parse_address(text: str) -> IPAddress | None:
+    """An address from ``REMOTE_ADDR`` or one ``X-Forwarded-For`` entry, else None.
+
+    Tolerates a port (``1.2.3.4:5678``, ``[2001:db8::1]:443``) and unwraps
+    IPv4-mapped IPv6 addresses so an IPv4 allow-list still matches them.
+    """
+    text = text.strip()
+    if not text or len(text) > 64:
+        return None
+    if text.startswith("["):
+        text = text[1 : text.find("]")] if "]" in text else ""
+    elif text.count(":") == 1:
+        text = text.partition(":")[0]
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def client_address(environ: Mapping[str, Any], trusted_proxies: int) -> IPAddress | None:
+    """The address of whoever sent the request, ``trusted_proxies`` hops back.
+
+    With 0 it is the peer of the TCP connection and ``X-Forwarded-For`` is
+    ignored. With N it is the Nth entry from the right of ``X-Forwarded-For``
+    (several headers count as one list, in order); when the header has fewer
+    than N entries the request did not come through the proxies and the peer
+    address is used. An entry that is not an address gives None (unknown).
+    """
+    if trusted_proxies > 0:
+        forwarded = environ.get("HTTP_X_FORWARDED_FOR")
+        if isinstance(forwarded, str) and forwarded:
+            entries = forwarded.split(",")
+            if len(entries) >= trusted_proxies:
+                return parse_address(entries[-trusted_proxies])
+    remote = environ.get("REMOTE_ADDR")
+    return parse_address(remote) if isinstance(remote, str) else None
+
+
+def limit_key(address: IPAddress | None) -> str:
+    """The rate-limit bucket of a client: its IPv4 address or its IPv6 /64."""
+    if address is None:
+        return "callback-client:unknown"
+    if isinstance(address, ipaddress.IPv6Address):
+        net = ipaddress.IPv6Network((address, IPV6_LIMIT_PREFIX), strict=False)
+        return f"callback-client:{net.network_address}/{IPV6_LIMIT_PREFIX}"
+    return f"callback-client:{address}"
+
 
 class Guard:
-    def __init__(self, settings: Settings) -> None:
-        self.tokens = [t.encode() for t in settings.callback_tokens]
+    """The authentication and abuse checks of the callback endpoint, built once."""
 
+    def __init__(self, settings: Settings, *, limiter: RateLimiter | None = None) -> None:
+        # Tokens are compared as HMACs under a per-process key: equal length,
+        # so compare_digest reveals neither the tokens' values nor their lengths.
+        self._key = os.urandom(32)
+        self._tokens = tuple(self._digest(t.encode()) for t in settings.callback_tokens)
+        self._basic: bytes | None = None
+        if settings.callback_basic_auth is not None:
+            user, password = settings.callback_basic_auth
+            self._basic = self._digest(f"{user}:{password}".encode())
+        self.networks = settings.callback_allowed_ips
+        self.trusted_proxies = settings.trusted_proxies
+        self.rate = settings.callback_rate_limit
+        # "100/minute" means up to 100 at once, then refilled at 100 a minute.
+        self.burst = max(1, int(self.rate.count)) if self.rate else 1
+        self.limiter = limiter if self.rate else None
+        if self.rate and limiter is None:
+            raise ValueError("CALLBACK_RATE_LIMIT is set but no rate limiter was given")
+        self._limit_off_until = 0.0
+
+    def _digest(self, value: bytes) -> bytes:
+        return hmac.new(self._key, value, hashlib.sha256).digest()
+
+    # ------------------------------------------------------------- the checks
     def token_ok(self, token: str) -> bool:
-        given = token.encode("utf-8", "surrogateescape")
+        """True when ``token`` is one of the configured tokens (constant time)."""
+        given = self._digest(token.encode("utf-8", "surrogateescape"))
         ok = False
-        for expected in self.tokens:  # no early exit: every token is compared
+        for expected in self._tokens:  # no early exit: every token is compared
             ok |= hmac.compare_digest(given, expected)
         return ok
 
-    def check(self, request: Request, token: str) -> tuple[int, str] | None:
-        """None when the request may proceed, else (status, message)."""
+    def basic_ok(self, authorization: str | None) -> bool:
+        """True when Basic auth is off, or the header carries the configured user:password."""
+        if self._basic is None:
+            return True
+        if not authorization or len(authorization) > MAX_AUTHORIZATION:
+            return False
+        scheme, _, encoded = authorization.strip().partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            credentials = base64.b64decode(encoded.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            return False
+        return hmac.compare_digest(self._digest(credentials), self._basic)
+
+    def allowed(self, address: IPAddress | None) -> bool:
+        """True when the address is inside one of CALLBACK_ALLOWED_IPS."""
+        return address is not None and any(address in net for net in self.networks)
+
+    def throttle(self, address: IPAddress | None) -> float:
+        """Seconds this client must wait (0 = go); fails open while Redis is unreachable."""
+        if self.limiter is None or self.rate is None:
+            return 0.0
+        now = time.monotonic()
+        if now < self._limit_off_until:
+            return 0.0
+        try:
+            return self.limiter.allow(limit_key(address), self.rate, self.burst)
+        except RedisError as err:
+            self._limit_off_until = now + LIMIT_FAIL_OPEN_SECONDS
+            log.warning(
+                "callback rate limit off for %.0fs: Redis unreachable (%s)",
+                LIMIT_FAIL_OPEN_SECONDS,
+                type(err).__name__,
+            )
+            return 0.0
+
+    def check(self, environ: Mapping[str, Any], token: str) -> Refusal | None:
+        """None when the request may proceed, else the :class:`Refusal` to answer with."""
+        exempt = False
+        if self.networks:
+            address = client_address(environ, self.trusted_proxies)
+            if not self.allowed(address):
+                log.debug("callback refused: client %s not in CALLBACK_ALLOWED_IPS", address)
+                return NOT_ALLOWED
+            exempt = True
+        if self.limiter is not None and not exempt:
+            wait = self.throttle(client_address(environ, self.trusted_proxies))
+            if wait > 0:
+                retry_after = str(max(1, math.ceil(wait)))
+                return Refusal(429, "too many requests", (("Retry-After", retry_after),))
         if not self.token_ok(token):
-            return 403, "forbidden"
+            return FORBIDDEN
+        if self._basic is not None:
+            authorization = environ.get("HTTP_AUTHORIZATION")
+            if not self.basic_ok(authorization if isinstance(authorization, str) else None):
+                return UNAUTHORIZED
         return None

@@ -2,26 +2,48 @@
 
 from __future__ import annotations
 
-import re
+from collections.abc import Iterable
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger
 
+from worker.logs import CALLBACK_PATH, ScrubFilter, secrets_of
+from worker.redact import MASK
 from worker.settings import Settings
-
-_TOKEN_IN_PATH = re.compile(r"(/exotel/callback/)[^/?\s\"]+")
 
 
 class MaskingLogger(Logger):  # type: ignore[misc]
-    """Gunicorn's logger, with the callback token masked in every access line."""
+    """Gunicorn's logger with secrets kept out of its access and error logs.
+
+    Gunicorn's loggers do not propagate to the root logger, so the app's
+    scrubbing never sees them: every handler gunicorn installs gets a
+    :class:`~worker.logs.ScrubFilter` (known secrets, any callback token), and
+    each access-log atom has its ``/exotel/callback/<token>`` masked before the
+    line is formatted. Use :func:`masking_logger` to bind the secrets.
+    """
+
+    secrets: tuple[str, ...] = ()
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        scrubber = ScrubFilter(self.secrets)
+        for logger in (self.error_log, self.access_log):
+            for handler in logger.handlers:
+                if not any(isinstance(f, ScrubFilter) for f in handler.filters):
+                    handler.addFilter(scrubber)
 
     def atoms(self, resp: Any, req: Any, environ: Any, request_time: Any) -> dict[str, Any]:
         atoms: dict[str, Any] = super().atoms(resp, req, environ, request_time)
-        for key in ("r", "U", "q", "{raw_uri}e"):
-            if isinstance(atoms.get(key), str):
-                atoms[key] = _TOKEN_IN_PATH.sub(r"\1***", atoms[key])
+        for key, value in atoms.items():
+            if isinstance(value, str) and "/exotel/callback/" in value:
+                atoms[key] = CALLBACK_PATH.sub(rf"\1{MASK}", value)
         return atoms
+
+
+def masking_logger(secrets: Iterable[str]) -> type[MaskingLogger]:
+    """A :class:`MaskingLogger` subclass that also scrubs ``secrets``."""
+    return type("MaskingLogger", (MaskingLogger,), {"secrets": tuple(secrets)})
 
 
 def gunicorn_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
@@ -34,7 +56,7 @@ def gunicorn_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "timeout": 20,
         "graceful_timeout": 20,
         "keepalive": 100,
-        "logger_class": MaskingLogger,
+        "logger_class": masking_logger(secrets_of(settings)),
         "accesslog": "-" if settings.log_level == "DEBUG" else None,
         "errorlog": "-",
         "loglevel": "warning" if settings.log_level != "DEBUG" else "debug",

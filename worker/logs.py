@@ -1,33 +1,139 @@
-"""Logging set-up: key=value or JSON lines on stdout, with every secret scrubbed."""
+"""Logging set-up: key=value or JSON lines on stdout, with every secret scrubbed.
+
+What is scrubbed, everywhere exolegs writes (log lines, gunicorn's access and
+error logs, Sentry events, ``exolegs check``): every value from
+:func:`secrets_of` (the Exotel API token and its Basic header, every callback
+token, the Basic-auth password and its header, SENTRY_DSN and its key, URL
+passwords and secret-looking query values of REDIS_URL and SINKS, each also
+percent-encoded), and any ``/exotel/callback/<token>`` path, whatever the
+token, becomes ``/exotel/callback/***``.
+"""
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
+import re
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
+from urllib.parse import quote, quote_plus, unquote, unquote_plus, urlsplit
 
-from worker.redact import scrub
+from worker.redact import MASK
 from worker.settings import Settings
 
+CALLBACK_PATH = re.compile(r"(/exotel/callback/)[^/?#&\s\"'<>]+")
+_SECRET_KEY = re.compile(r"token|secret|password|passwd|key|auth|dsn|sig", re.IGNORECASE)
+_SEPARATORS = re.compile(r"[,;\s]+")
+_MIN_SECRET = 4
+_MAX_EVENT_DEPTH = 64
 
+
+# ------------------------------------------------------------------ secrets
+def url_secrets(url: str, *, username_too: bool = False) -> set[str]:
+    """A URL's password (and user, for a DSN) and its secret-looking query values,
+    raw, decoded with and without ``+`` as space, and split on separators."""
+    found: set[str] = set()
+    try:
+        parts = urlsplit(url)
+        password, username = parts.password, parts.username
+    except ValueError:
+        return found
+    for value in (password, username if username_too else None):
+        if value:
+            found.update({value, unquote(value)})
+    for pair in parts.query.split("&"):
+        key, _, raw = pair.partition("=")
+        if not raw or not _SECRET_KEY.search(unquote_plus(key)):
+            continue
+        for value in {raw, unquote(raw), unquote_plus(raw)}:
+            found.add(value)
+            found.update(_SEPARATORS.split(value))
+    return found
+
+
+def secrets_of(settings: Settings) -> list[str]:
+    """Every secret string that must never be printed, longest first.
+
+    A superset of :meth:`Settings.secrets`: it adds the callback Basic-auth
+    header, the DSN's key, webhook secrets written with ``+`` or several to a
+    parameter, and the percent-encoded form of each.
+    """
+    found = set(settings.secrets())
+    found.update(settings.callback_tokens)
+    if settings.exotel_api_token:
+        found.add(settings.exotel_api_token)
+        if settings.exotel_api_key:
+            pair = f"{settings.exotel_api_key}:{settings.exotel_api_token}".encode()
+            found.add(base64.b64encode(pair).decode())
+    if settings.callback_basic_auth:
+        user, password = settings.callback_basic_auth
+        found.add(password)
+        found.add(base64.b64encode(f"{user}:{password}".encode()).decode())
+    if settings.sentry_dsn:
+        found.add(settings.sentry_dsn)
+        found.update(url_secrets(settings.sentry_dsn, username_too=True))
+    found.update(url_secrets(settings.redis_url))
+    for url in settings.sinks:
+        found.update(url_secrets(url))
+    for secret in list(found):
+        found.update({quote(secret, safe=""), quote_plus(secret, safe="")})
+    return sorted((s for s in found if len(s) >= _MIN_SECRET), key=len, reverse=True)
+
+
+class Scrubber:
+    """Replaces secrets and callback tokens in text; built once, called per line."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        unique = {s for s in secrets if s and len(s) >= _MIN_SECRET}
+        self.secrets = tuple(sorted(unique, key=len, reverse=True))
+
+    def __call__(self, text: str) -> str:
+        for secret in self.secrets:
+            if secret in text:
+                text = text.replace(secret, MASK)
+        if "/exotel/callback/" in text:
+            text = CALLBACK_PATH.sub(rf"\1{MASK}", text)
+        return text
+
+
+# ------------------------------------------------------------------ logging
 class ScrubFilter(logging.Filter):
     """Rewrites each record's final message so no secret can reach a handler."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
         super().__init__()
-        self.secrets = [s for s in secrets if s]
+        self.scrub = Scrubber(secrets)
+        self.secrets = list(self.scrub.secrets)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a bad format string must not break the caller
+            message = f"{record.msg!r} (unformattable arguments)"
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
-        record.msg = scrub(message, self.secrets)
+        record.msg = self.scrub(message)
         record.args = None
         if record.exc_text:
-            record.exc_text = scrub(record.exc_text, self.secrets)
+            record.exc_text = self.scrub(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self.scrub(record.stack_info)
         return True
+
+
+class ScrubbingFormatter(logging.Formatter):
+    """Scrubs the finished line too: extras and formatter output get the same treatment."""
+
+    def __init__(self, inner: logging.Formatter, scrub: Callable[[str], str]) -> None:
+        super().__init__()
+        self.inner = inner
+        self.scrub = scrub
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.scrub(self.inner.format(record))
 
 
 class JsonFormatter(logging.Formatter):
@@ -49,13 +155,13 @@ class JsonFormatter(logging.Formatter):
 
 def configure_logging(settings: Settings, *, stream: object = None) -> None:
     handler = logging.StreamHandler(stream or sys.stdout)  # type: ignore[arg-type]
+    inner: logging.Formatter
     if settings.log_format == "json":
-        handler.setFormatter(JsonFormatter())
+        inner = JsonFormatter()
     else:
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s", "%H:%M:%S")
-        )
-    scrubber = ScrubFilter(settings.secrets())
+        inner = logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s", "%H:%M:%S")
+    scrubber = ScrubFilter(secrets_of(settings))
+    handler.setFormatter(ScrubbingFormatter(inner, scrubber.scrub))
     handler.addFilter(scrubber)
     root = logging.getLogger()
     for old in list(root.handlers):
@@ -68,36 +174,79 @@ def configure_logging(settings: Settings, *, stream: object = None) -> None:
         logging.getLogger(noisy).setLevel(max(logging.INFO, root.level))
 
 
+# ------------------------------------------------------------------- Sentry
+def sentry_options(settings: Settings, *, web: bool) -> dict[str, Any]:
+    """The keyword arguments for ``sentry_sdk.init``: scrubbed, no bodies, no PII."""
+    from sentry_sdk.integrations.celery import CeleryIntegration
+    from sentry_sdk.integrations.flask import FlaskIntegration
+
+    from sentry_sdk.consts import DEFAULT_OPTIONS
+
+    scrub = Scrubber(secrets_of(settings))
+
+    def before_send(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any] | None:
+        try:
+            request = event.get("request")
+            if isinstance(request, dict):  # bodies carry customers' numbers: never sent
+                request.pop("data", None)
+                request.pop("cookies", None)
+            return scrub_event(event, scrub)
+        except Exception:  # noqa: BLE001 - an event we cannot scrub is never sent
+            return None
+
+    integrations: list[Any] = [CeleryIntegration()]
+    if web:
+        integrations.append(FlaskIntegration())
+    options: dict[str, Any] = {
+        "dsn": settings.sentry_dsn,
+        "integrations": integrations,
+        "before_send": before_send,
+        "before_send_transaction": before_send,
+        "max_request_body_size": "never",
+        "traces_sample_rate": 0.0,
+    }
+    if "data_collection" in DEFAULT_OPTIONS:  # sentry-sdk >= 2.5x: supersedes send_default_pii
+        options["data_collection"] = {"user_info": False, "http_bodies": []}
+    else:
+        options["send_default_pii"] = False
+    return options
+
+
 def init_sentry(settings: Settings, *, web: bool) -> bool:
     """Start Sentry when SENTRY_DSN is set; every event is scrubbed of secrets first."""
     if not settings.sentry_dsn:
         return False
     import sentry_sdk
-    from sentry_sdk.integrations.celery import CeleryIntegration
-    from sentry_sdk.integrations.flask import FlaskIntegration
 
-    secrets = settings.secrets()
-
-    def before_send(event: dict[str, object], hint: dict[str, object]) -> dict[str, object]:
-        return scrub_event(event, secrets)
-
-    integrations: list[object] = [CeleryIntegration()]
-    if web:
-        integrations.append(FlaskIntegration())
-    sentry_sdk.init(
-        dsn=settings.sentry_dsn,
-        integrations=integrations,  # type: ignore[arg-type]
-        before_send=before_send,  # type: ignore[arg-type]
-        send_default_pii=False,
-        traces_sample_rate=0.0,
-    )
+    sentry_sdk.init(**sentry_options(settings, web=web))
     return True
 
 
-def scrub_event(event: dict[str, object], secrets: Iterable[str]) -> dict[str, object]:
-    """Every string anywhere in a Sentry event, with secrets masked."""
-    secrets = list(secrets)
-    text = json.dumps(event, default=str)
-    cleaned = scrub(text, [json.dumps(s)[1:-1] for s in secrets])
-    result: dict[str, object] = json.loads(cleaned)
-    return result
+def scrub_event(event: dict[str, Any], secrets: Iterable[str] | Scrubber) -> dict[str, Any]:
+    """A copy of a Sentry event with secrets masked in every string, keys included.
+
+    Walks the structure (it never re-parses text, so a secret that looks like
+    a number cannot corrupt the event); values that are not JSON types are
+    turned into scrubbed strings; nesting beyond 64 levels is cut.
+    """
+    scrub = secrets if isinstance(secrets, Scrubber) else Scrubber(secrets)
+    result = _scrub_value(event, scrub, 0)
+    return result if isinstance(result, dict) else {}
+
+
+def _scrub_value(value: Any, scrub: Scrubber, depth: int) -> Any:
+    if isinstance(value, str):
+        return scrub(value)
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):  # a numeric secret (a PIN-like password) too
+        return MASK if scrub(str(value)) != str(value) else value
+    if depth >= _MAX_EVENT_DEPTH:
+        return "[too deep]"
+    if isinstance(value, dict):
+        return {scrub(str(k)): _scrub_value(v, scrub, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_scrub_value(v, scrub, depth + 1) for v in value]
+    if isinstance(value, bytes | bytearray):
+        return scrub(bytes(value).decode("utf-8", "replace"))
+    return scrub(str(value))

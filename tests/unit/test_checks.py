@@ -1,0 +1,153 @@
+"""``exolegs check``: the configuration with every secret masked, and what is wrong with it."""
+
+from __future__ import annotations
+
+import base64
+import io
+import subprocess
+import sys
+
+import pytest
+
+from tests.support.redis_server import RedisServer, free_port
+from worker.checks import fingerprint, run_check, security_findings
+from worker.settings import Settings
+
+API_TOKEN = "exo-api-token-abcdefghij0123456789"
+NEW_TOKEN = "callback-token-new-0123456789abcdef"
+OLD_TOKEN = "callback-token-old-fedcba9876543210"
+PASSWORD = "basic-pass-5678xyz-long"
+DSN_KEY = "0123456789abcdef0123456789abcdef"
+WEBHOOK_SECRET = "whsec_+/+/c2VjcmV0LWtlef/+IHBsdXM="
+REDIS_PASSWORD = "redis-pass-4321"
+SECRETS = [
+    API_TOKEN,
+    base64.b64encode(f"exo-key-1:{API_TOKEN}".encode()).decode(),
+    NEW_TOKEN,
+    OLD_TOKEN,
+    PASSWORD,
+    base64.b64encode(f"exotel:{PASSWORD}".encode()).decode(),
+    DSN_KEY,
+    WEBHOOK_SECRET,
+    REDIS_PASSWORD,
+]
+
+
+def good_env(redis_url: str, tmp: str) -> dict[str, str]:
+    return {
+        "EXOTEL_ACCOUNT_SID": "acme1",
+        "EXOTEL_API_KEY": "exo-key-1",
+        "EXOTEL_API_TOKEN": API_TOKEN,
+        "CALLBACK_TOKEN": NEW_TOKEN,
+        "CALLBACK_BASIC_AUTH": f"exotel:{PASSWORD}",
+        "CALLBACK_RATE_LIMIT": "600/minute",
+        "SENTRY_DSN": f"https://{DSN_KEY}@o1.ingest.sentry.io/1",
+        "REDIS_URL": redis_url,
+        "SINKS": f"jsonl://{tmp}/calls.jsonl webhook+https://hooks.example.com/x?secret={WEBHOOK_SECRET}",
+        "SPOOL_DIR": f"{tmp}/spool",
+    }
+
+
+def check(env: dict[str, str]) -> tuple[int, str]:
+    out = io.StringIO()
+    code = run_check(env, out=out)
+    return code, out.getvalue()
+
+
+def assert_masked(output: str) -> None:
+    for secret in SECRETS:
+        assert secret not in output, f"{secret[:8]}... printed:\n{output}"
+
+
+def test_a_good_configuration_prints_masked_and_exits_0(
+    redis_server: RedisServer, tmp_path: object
+) -> None:
+    code, output = check(good_env(redis_server.url, str(tmp_path)))
+    assert code == 0, output
+    assert output.rstrip().endswith("configuration OK")
+    assert f"1 token(s): *** ({len(NEW_TOKEN)} chars, {fingerprint(NEW_TOKEN)})" in output
+    assert "exotel:***" in output
+    assert "secret=***" in output
+    assert "*** (host o1.ingest.sentry.io)" in output
+    assert "600/minute" in output
+    assert_masked(output)
+
+
+def test_problems_are_listed_masked_and_exit_1(tmp_path: object) -> None:
+    env = good_env(f"redis://:{REDIS_PASSWORD}@127.0.0.1:{free_port()}/0", str(tmp_path))
+    env.update(
+        CALLBACK_TOKEN=f"{NEW_TOKEN},{OLD_TOKEN}",
+        CALLBACK_ALLOWED_IPS="0.0.0.0/0",
+        SINKS=f"webhook+https://hooks.example.com/x?secret={WEBHOOK_SECRET} nosuchsink://x",
+    )
+    code, output = check(env)
+    assert code == 1
+    problems = [line for line in output.splitlines() if line.startswith("problem: ")]
+    assert any("REDIS_URL: redis://:***@127.0.0.1" in p and "unreachable" in p for p in problems)
+    assert any("CALLBACK_ALLOWED_IPS: 0.0.0.0/0 allows every address" in p for p in problems)
+    assert any("nosuchsink" in p for p in problems), output
+    assert "note: CALLBACK_TOKEN: 2 tokens accepted" in output
+    assert fingerprint(NEW_TOKEN) in output and fingerprint(OLD_TOKEN) in output
+    assert_masked(output)
+
+
+def test_a_bad_value_is_one_problem_line_without_the_secret() -> None:
+    env = {"CALLBACK_TOKEN": "short", "EXOTEL_API_TOKEN": API_TOKEN}
+    code, output = check(env)
+    assert code == 1
+    assert output.startswith("problem: ")
+    assert len(output.strip().splitlines()) == 1
+    assert "short" not in output and API_TOKEN not in output
+
+
+def test_security_findings() -> None:
+    def findings(env: dict[str, str], process_env: dict[str, str]) -> tuple[list[str], list[str]]:
+        settings = Settings.from_env({"CALLBACK_TOKEN": NEW_TOKEN, **env}, dotenv=False)
+        return security_findings(settings, process_env)
+
+    heroku, _ = findings({"CALLBACK_ALLOWED_IPS": "203.0.113.0/24"}, {"DYNO": "web.1"})
+    assert any("TRUSTED_PROXIES: 0 on Heroku" in p for p in heroku)
+    behind_router, notes = findings(
+        {"CALLBACK_ALLOWED_IPS": "203.0.113.0/24", "TRUSTED_PROXIES": "1"}, {"DYNO": "web.1"}
+    )
+    assert behind_router == []
+    problems, notes = findings(
+        {"CALLBACK_ALLOWED_IPS": "203.0.113.0/24", "CALLBACK_RATE_LIMIT": "5/second"}, {}
+    )
+    assert problems == [] and any("CALLBACK_RATE_LIMIT has no effect" in n for n in notes)
+    _, open_notes = findings({}, {})
+    assert any("neither CALLBACK_ALLOWED_IPS nor CALLBACK_RATE_LIMIT" in n for n in open_notes)
+    v6, _ = findings({"CALLBACK_ALLOWED_IPS": "::/0"}, {})
+    assert v6 and "::/0 allows every address" in v6[0]
+
+
+def test_fingerprints_tell_tokens_apart_without_revealing_them() -> None:
+    assert fingerprint(NEW_TOKEN) != fingerprint(OLD_TOKEN)
+    assert NEW_TOKEN not in fingerprint(NEW_TOKEN)
+    assert fingerprint(NEW_TOKEN) == fingerprint(NEW_TOKEN)
+
+
+def test_the_cli_command_exits_1_and_masks(redis_server: RedisServer, tmp_path: object) -> None:
+    env = good_env(redis_server.url, str(tmp_path))
+    env["CALLBACK_ALLOWED_IPS"] = "0.0.0.0/0"
+    result = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "check"],
+        env={"PATH": "/usr/bin:/bin", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=str(tmp_path),
+        check=False,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "problem: CALLBACK_ALLOWED_IPS" in result.stdout
+    assert_masked(result.stdout + result.stderr)
+
+
+@pytest.mark.parametrize("variable", ["CALLBACK_TOKEN", "EXOTEL_API_TOKEN"])
+def test_cli_problem_lines_never_echo_the_secret(variable: str, tmp_path: object) -> None:
+    env = {"CALLBACK_TOKEN": NEW_TOKEN, variable: "bad token with spaces " + API_TOKEN}
+    env.setdefault("EXOTEL_ACCOUNT_SID", "acme1")
+    env.setdefault("EXOTEL_API_KEY", "k")
+    _, output = check(env)
+    assert API_TOKEN not in output
