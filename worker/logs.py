@@ -177,10 +177,9 @@ def configure_logging(settings: Settings, *, stream: object = None) -> None:
 # ------------------------------------------------------------------- Sentry
 def sentry_options(settings: Settings, *, web: bool) -> dict[str, Any]:
     """The keyword arguments for ``sentry_sdk.init``: scrubbed, no bodies, no PII."""
+    from sentry_sdk.consts import DEFAULT_OPTIONS
     from sentry_sdk.integrations.celery import CeleryIntegration
     from sentry_sdk.integrations.flask import FlaskIntegration
-
-    from sentry_sdk.consts import DEFAULT_OPTIONS
 
     scrub = Scrubber(secrets_of(settings))
 
