@@ -45,7 +45,9 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     # No static files, no automatic OPTIONS answers, no slash-merging redirects:
     # the only routes are the callback and the health checks (docs/openapi.yaml).
     app = Flask("exolegs", static_folder=None)
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    # One byte over the limit: werkzeug stops a streamed (chunked) body there without
+    # an error, so the callback can tell "exactly the limit" from "more than it" (413).
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes + 1
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     app.url_map.merge_slashes = False
     limiter = runtime.limiter if settings.callback_rate_limit else None
@@ -66,6 +68,12 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
 
     @app.errorhandler(Exception)
     def unexpected(err: Exception) -> Response:
+        if _is_framing_error(err):
+            # The server found the body's framing broken while we read it (a bad
+            # chunk size, a missing terminator): the client's fault, not ours.
+            response = jsonify(error="malformed request body framing")
+            response.status_code = 400
+            return response
         log.exception("unexpected error while handling a request")
         response = jsonify(error="internal error")
         response.status_code = 500
@@ -104,6 +112,15 @@ def json_error(err: HTTPException, max_body_bytes: int) -> Response:
         if name.lower() != "content-type":
             response.headers[name] = value
     return response
+
+
+def _is_framing_error(err: Exception) -> bool:
+    """A request-parsing error the WSGI server raised from inside ``wsgi.input``."""
+    try:
+        from gunicorn.http.errors import ParseException
+    except ImportError:  # pragma: no cover - gunicorn is a dependency
+        return False
+    return isinstance(err, ParseException)
 
 
 def _no_implicit_head(app: Flask, endpoint: str) -> None:

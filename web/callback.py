@@ -39,6 +39,10 @@ def callback(token: str) -> ResponseReturnValue:
         return refused(refusal)
     try:
         body = request.get_data(cache=False)
+        if len(body) > edge.settings.max_body_bytes:  # a streamed body cut one byte over
+            return error(413, f"body over {edge.settings.max_body_bytes} bytes")
+        if request.content_length is not None and len(body) < request.content_length:
+            return error(400, "body shorter than its Content-Length")  # the client hung up
         fields = decode_body(request.content_type, body, list(request.args.items(multi=True)))
         event = event_from_fields(fields)
     except PayloadError as err:

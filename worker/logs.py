@@ -203,6 +203,9 @@ def sentry_options(settings: Settings, *, web: bool) -> dict[str, Any]:
         "before_send_transaction": before_send,
         "max_request_body_size": "never",
         "traces_sample_rate": 0.0,
+        # no sentry-trace/baggage headers on outgoing requests: baggage carries the
+        # DSN's public key to Exotel, CRMs and webhook receivers
+        "trace_propagation_targets": [],
     }
     if "data_collection" in DEFAULT_OPTIONS:  # sentry-sdk >= 2.5x: supersedes send_default_pii
         options["data_collection"] = {"user_info": False, "http_bodies": []}

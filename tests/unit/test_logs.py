@@ -299,3 +299,8 @@ def test_sentry_is_configured_without_pii_or_bodies(conf: Settings) -> None:
     assert options["before_send_transaction"] is options["before_send"]
     dropped = options["before_send"]({"request": {"data": {"From": "+91"}, "url": "/x"}}, {})
     assert dropped == {"request": {"url": "/x"}}
+
+
+def test_outgoing_requests_carry_no_sentry_baggage(conf: Settings) -> None:
+    """Trace headers would hand the DSN's key to Exotel, CRMs and webhook receivers."""
+    assert sentry_options(conf, web=False)["trace_propagation_targets"] == []

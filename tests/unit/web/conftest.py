@@ -7,9 +7,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import redis
-import schemathesis
 import yaml
 from flask import Flask
 from flask.testing import FlaskClient
@@ -56,9 +56,16 @@ def snapshot(client: redis.Redis) -> dict[bytes, object]:
 
 
 @functools.cache
-def spec() -> tuple[dict[str, Any], Any]:
-    """docs/openapi.yaml as a dict, and as a schemathesis schema."""
-    return yaml.safe_load(SPEC.read_text()), schemathesis.openapi.from_path(SPEC)
+def spec() -> dict[str, Any]:
+    """docs/openapi.yaml as a dict."""
+    loaded: dict[str, Any] = yaml.safe_load(SPEC.read_text())
+    return loaded
+
+
+def body_schema(documented: dict[str, Any]) -> jsonschema.Draft202012Validator:
+    """A validator for a documented JSON body, its $refs resolved inside the spec."""
+    schema = documented["content"]["application/json"]["schema"]
+    return jsonschema.Draft202012Validator({**schema, "components": spec()["components"]})
 
 
 def assert_conforms(response: Any, method: str, path: str) -> None:
@@ -68,7 +75,7 @@ def assert_conforms(response: Any, method: str, path: str) -> None:
     valid against the response schema. Paths and methods outside the spec must be
     a JSON 404 or a 405 with ``Allow``.
     """
-    raw, schema = spec()
+    raw = spec()
     path = "/" + path.lstrip("/")  # the router ignores leading slashes
     token = path.removeprefix("/exotel/callback/")
     template = "/exotel/callback/{token}" if token != path and token else path
@@ -94,7 +101,7 @@ def assert_conforms(response: Any, method: str, path: str) -> None:
         assert response.headers.get(header), (header, response.status_code)
     if method != "HEAD":
         assert response.mimetype == "application/json"
-        schema[template][method.upper()].validate_response(response)
+        body_schema(documented).validate(response.get_json())
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
+import jsonschema
 import pytest
 import redis
 from flask import Flask
@@ -206,25 +207,57 @@ def test_content_length_shorter_than_the_body_reads_only_what_it_declares(
     assert answer.get_json()["call_sid"] == "short-cl"
 
 
-def test_chunked_body_over_the_limit_is_413(
+CHUNKED = {"wsgi.input_terminated": True, "HTTP_TRANSFER_ENCODING": "chunked"}
+
+
+def exactly(size: int) -> bytes:
+    head = b"CallSid=sized&Status=completed&x="
+    return head + b"y" * (size - len(head))
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_the_limit_is_exact_with_or_without_content_length(
+    client: FlaskClient, redis_client: redis.Redis, chunked: bool
+) -> None:
+    """Chunked bodies (no Content-Length, as gunicorn passes them) are cut and refused too."""
+
+    def post(body: bytes) -> Any:
+        overrides = CHUNKED if chunked else {}
+        return client.post(
+            URL, input_stream=io.BytesIO(body), content_type=FORM, environ_overrides=overrides
+        )
+
+    over = post(exactly(LIMIT + 1))
+    assert over.status_code == 413
+    assert over.get_json() == {"error": f"body over {LIMIT} bytes"}
+    much_over = post(exactly(LIMIT * 3))
+    assert much_over.status_code == 413
+    assert state_keys(redis_client) == set()
+    at_limit = post(exactly(LIMIT))
+    assert at_limit.status_code == 200, at_limit.get_json()
+
+
+class BrokenChunks(io.RawIOBase):
+    """What gunicorn's wsgi.input does on a malformed chunk size: raise its own error."""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        from gunicorn.http.errors import InvalidChunkSize
+
+        raise InvalidChunkSize(b"zz")
+
+
+def test_broken_chunked_framing_is_400_not_500(
     client: FlaskClient, redis_client: redis.Redis
 ) -> None:
-    """No Content-Length (chunked through gunicorn): the stream is cut at the limit."""
     answer = client.post(
-        URL,
-        input_stream=io.BytesIO(b"CallSid=chunked&x=" + b"y" * (LIMIT + 10)),
-        content_type=FORM,
-        environ_overrides={"wsgi.input_terminated": True},
+        URL, content_type=FORM, environ_overrides={**CHUNKED, "wsgi.input": BrokenChunks()}
     )
-    assert answer.status_code == 413
+    assert answer.status_code == 400
+    assert answer.get_json() == {"error": "malformed request body framing"}
     assert state_keys(redis_client) == set()
-    small = client.post(
-        URL,
-        input_stream=io.BytesIO(b"CallSid=chunked&Status=completed"),
-        content_type=FORM,
-        environ_overrides={"wsgi.input_terminated": True},
-    )
-    assert small.status_code == 200
 
 
 def test_refusals_never_disturb_an_accepted_call(
@@ -263,3 +296,23 @@ def test_refusals_never_disturb_an_accepted_call(
     again = client.post(URL, data=TERMINAL, headers=auth)
     assert again.status_code == 200 and again.get_json()["duplicate"] is True
     assert snapshot(redis_client) == before
+
+
+def test_the_conformance_helper_rejects_what_the_spec_forbids(client: FlaskClient) -> None:
+    """assert_conforms is what the tables and properties above rely on: it must bite."""
+    from flask import Response
+
+    def fake(status: int, body: str, **headers: str) -> Response:
+        return Response(body, status=status, mimetype="application/json", headers=headers)
+
+    assert_conforms(fake(400, '{"error": "bad"}'), "POST", URL)
+    with pytest.raises(AssertionError):
+        assert_conforms(fake(500, '{"error": "x"}'), "POST", URL)  # undocumented status
+    with pytest.raises(AssertionError):
+        assert_conforms(fake(429, '{"error": "slow down"}'), "POST", URL)  # no Retry-After
+    with pytest.raises(jsonschema.ValidationError):
+        assert_conforms(fake(400, '{"error": 5}'), "POST", URL)
+    with pytest.raises(jsonschema.ValidationError):
+        assert_conforms(fake(200, '{"accepted": true, "call_sid": "../x", "duplicate": false}'),
+                        "POST", URL)
+    assert_conforms(fake(429, '{"error": "slow down"}', **{"Retry-After": "3"}), "POST", URL)
