@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
+from worker.checks import fingerprint
 from worker.settings import Settings
 
 if TYPE_CHECKING:
@@ -60,6 +61,8 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 LIMIT_FAIL_OPEN_SECONDS = 5.0
 #: IPv6 clients are limited per /64: one subscriber usually holds a whole /64.
 IPV6_LIMIT_PREFIX = 64
+#: At most one "an old token is still in use" line per token per this many seconds.
+OLD_TOKEN_NOTE_SECONDS = 60.0
 #: Longest Authorization header worth decoding (a user:password pair is short).
 MAX_AUTHORIZATION = 1024
 
@@ -139,6 +142,8 @@ class Guard:
         # so compare_digest reveals neither the tokens' values nor their lengths.
         self._key = os.urandom(32)
         self._tokens = tuple(self._digest(t.encode()) for t in settings.callback_tokens)
+        self._fingerprints = tuple(fingerprint(t) for t in settings.callback_tokens)
+        self._old_token_noted: dict[int, float] = {}
         self._basic: bytes | None = None
         if settings.callback_basic_auth is not None:
             user, password = settings.callback_basic_auth
@@ -157,13 +162,32 @@ class Guard:
         return hmac.new(self._key, value, hashlib.sha256).digest()
 
     # ------------------------------------------------------------- the checks
+    def token_index(self, token: str) -> int:
+        """Which configured token ``token`` is (0 = the first), or -1; constant time."""
+        given = self._digest(token.encode("utf-8", "surrogateescape"))
+        found = -1
+        for index, expected in enumerate(self._tokens):  # no early exit: all are compared
+            if hmac.compare_digest(given, expected):
+                found = index
+        return found
+
     def token_ok(self, token: str) -> bool:
         """True when ``token`` is one of the configured tokens (constant time)."""
-        given = self._digest(token.encode("utf-8", "surrogateescape"))
-        ok = False
-        for expected in self._tokens:  # no early exit: every token is compared
-            ok |= hmac.compare_digest(given, expected)
-        return ok
+        return self.token_index(token) >= 0
+
+    def _note_old_token(self, index: int) -> None:
+        """During a rotation, say (once a minute) that Exotel still uses an older URL."""
+        now = time.monotonic()
+        if now - self._old_token_noted.get(index, -OLD_TOKEN_NOTE_SECONDS) < OLD_TOKEN_NOTE_SECONDS:
+            return
+        self._old_token_noted[index] = now
+        log.info(
+            "callback authenticated with CALLBACK_TOKEN entry %d of %d (%s): Exotel still "
+            "calls a URL with an older token; remove it once this stops (docs/security.md)",
+            index + 1,
+            len(self._tokens),
+            self._fingerprints[index],
+        )
 
     def basic_ok(self, authorization: str | None) -> bool:
         """True when Basic auth is off, or the header carries the configured user:password."""
@@ -216,8 +240,11 @@ class Guard:
             if wait > 0:
                 retry_after = str(max(1, math.ceil(wait)))
                 return Refusal(429, "too many requests", (("Retry-After", retry_after),))
-        if not self.token_ok(token):
+        index = self.token_index(token)
+        if index < 0:
             return FORBIDDEN
+        if index > 0:
+            self._note_old_token(index)
         if self._basic is not None:
             authorization = environ.get("HTTP_AUTHORIZATION")
             if not self.basic_ok(authorization if isinstance(authorization, str) else None):

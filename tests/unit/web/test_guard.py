@@ -356,3 +356,23 @@ def test_old_and_new_tokens_both_work_through_the_app(make_app: Callable[..., Fl
     assert client.post(URL, data=TERMINAL).status_code == 200
     again = client.post(f"/exotel/callback/{OLD_TOKEN}", data=TERMINAL)
     assert again.status_code == 200 and again.get_json()["duplicate"] is True
+
+
+def test_an_old_token_in_use_is_noted_once_a_minute_without_the_token(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker.checks import fingerprint
+
+    guard = Guard(settings_for(CALLBACK_TOKEN=f"{CALLBACK_TOKEN},{OLD_TOKEN}"))
+    caplog.set_level("INFO", logger="exolegs.web.guard")
+    assert guard.check(environ(), CALLBACK_TOKEN) is None
+    assert caplog.records == []
+    for _ in range(3):
+        assert guard.check(environ(), OLD_TOKEN) is None
+    notes = [r.getMessage() for r in caplog.records]
+    assert len(notes) == 1
+    assert "entry 2 of 2" in notes[0] and fingerprint(OLD_TOKEN) in notes[0]
+    assert OLD_TOKEN not in notes[0]
+    monkeypatch.setattr(guard_module, "OLD_TOKEN_NOTE_SECONDS", 0.0)  # a minute went by
+    guard.check(environ(), OLD_TOKEN)
+    assert len(caplog.records) == 2
