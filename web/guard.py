@@ -216,7 +216,7 @@ class Guard:
         if now < self._limit_off_until:
             return 0.0
         try:
-            return self.limiter.allow(limit_key(address), self.rate, self.burst)
+            return self.limiter.acquire(limit_key(address), self.rate, self.burst)
         except RedisError as err:
             self._limit_off_until = now + LIMIT_FAIL_OPEN_SECONDS
             log.warning(

@@ -74,22 +74,6 @@ return tostring(untl)
 """
 
 
-# KEYS[1] bucket hash. ARGV: emission interval (s), burst tolerance (s), ttl (s)
-# Returns 0 when the request is allowed (and counted), else ms until one would be.
-# Unlike _RESERVE a refusal books nothing, so a flood cannot push the bucket ahead.
-_ALLOW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local emission = tonumber(ARGV[1])
-local tat = tonumber(redis.call('HGET', KEYS[1], 'tat') or '0')
-if tat < now then tat = now end
-local wait = tat - tonumber(ARGV[2]) - now
-if wait > 0 then return math.max(1, math.ceil(wait * 1000)) end
-redis.call('HSET', KEYS[1], 'tat', tostring(tat + emission))
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-return 0
-"""
-
 HEADROOM = 0.98
 
 
@@ -110,7 +94,6 @@ class RateLimiter:
         self._reserve = self.redis.register_script(_RESERVE)
         self._block = self.redis.register_script(_BLOCK)
         self._acquire = self.redis.register_script(_ACQUIRE)
-        self._allow = self.redis.register_script(_ALLOW)
 
     def reserve(self, name: str, rate: Rate) -> float:
         """Seconds until this caller may go (0 means now); the slot is held for it.
@@ -125,22 +108,14 @@ class RateLimiter:
         delay_ms, _ = self._reserve(keys=[keys.bucket(name)], args=[emission, tolerance, ttl])
         return float(delay_ms) / 1000.0
 
-    def allow(self, name: str, rate: Rate, burst: int) -> float:
-        """0 when a request may go now (it is counted), else seconds to wait (nothing counted).
+    def acquire(self, name: str, rate: Rate, burst: int | None = None) -> float:
+        """Take a request from the strict gate now (0), or learn how long to wait.
 
-        For per-client limits that refuse rather than queue: up to ``burst``
-        requests at once, then ``rate``.
+        A refusal counts nothing, so a flood cannot push the gate ahead: this
+        is also the per-client limit at the callback edge.
         """
         emission = rate.period / rate.count
-        tolerance = emission * (max(1, burst) - 1)
-        ttl = int(max(60, rate.period * 2))
-        wait_ms = self._allow(keys=[keys.bucket(name)], args=[emission, tolerance, ttl])
-        return float(wait_ms) / 1000.0
-
-    def acquire(self, name: str, rate: Rate) -> float:
-        """Take a request from the strict gate now (0), or learn how long to wait."""
-        emission = rate.period / rate.count
-        tolerance = emission * (burst_for(rate) - 1)
+        tolerance = emission * (max(1, burst or burst_for(rate)) - 1)
         ttl = int(max(60, rate.period * 2))
         wait_ms = self._acquire(keys=[keys.bucket(name)], args=[emission, tolerance, ttl])
         return float(wait_ms) / 1000.0

@@ -251,7 +251,7 @@ def test_the_limit_fails_open_for_a_while_when_redis_is_down(
     assert guard.check(environ(), CALLBACK_TOKEN) is None
     # within the fail-open window the limiter is not even asked
     calls: list[str] = []
-    monkeypatch.setattr(guard.limiter, "allow", lambda *a: calls.append("asked") or 9.0)
+    monkeypatch.setattr(guard.limiter, "acquire", lambda *a: calls.append("asked") or 9.0)
     assert guard.check(environ(), CALLBACK_TOKEN) is None
     assert calls == []
     monkeypatch.setattr(guard, "_limit_off_until", 0.0)
