@@ -141,14 +141,15 @@ def secrets() -> dict[str, str]:
     return found
 
 
-def run_cli(env: dict[str, str], *args: str) -> str:
+def run_cli(env: dict[str, str], cwd: Path, *args: str) -> str:
+    """One ``exolegs`` command, from a directory without a ``.env`` to pick up."""
     result = subprocess.run(
         [sys.executable, "-m", "worker.cli", *args],
-        env={"PATH": "/usr/bin:/bin", "HOME": str(ROOT), **env},
+        env={"PATH": "/usr/bin:/bin", "HOME": str(cwd), "PYTHONPATH": str(ROOT), **env},
         capture_output=True,
         text=True,
         timeout=60,
-        cwd=ROOT,
+        cwd=cwd,
         check=False,
     )
     return f"$ exolegs {' '.join(args)} -> {result.returncode}\n{result.stdout}{result.stderr}"
@@ -193,12 +194,12 @@ def test_nothing_printed_anywhere_contains_a_secret(
         wait_for(lambda: sentry.requests, timeout=15)  # the dead letters became Sentry events
 
         outputs = {
-            "check": run_cli(secret_env, "check"),
-            "sinks list": run_cli(secret_env, "sinks", "list"),
-            "dead list": run_cli(secret_env, "dead", "list"),
-            "dead list --json": run_cli(secret_env, "dead", "list", "--json"),
-            "dead show": run_cli(secret_env, "dead", "show", "leak-new"),
-            "fetch": run_cli(secret_env, "fetch", "leak-new"),
+            "check": run_cli(secret_env, tmp_path, "check"),
+            "sinks list": run_cli(secret_env, tmp_path, "sinks", "list"),
+            "dead list": run_cli(secret_env, tmp_path, "dead", "list"),
+            "dead list --json": run_cli(secret_env, tmp_path, "dead", "list", "--json"),
+            "dead show": run_cli(secret_env, tmp_path, "dead", "show", "leak-new"),
+            "fetch": run_cli(secret_env, tmp_path, "fetch", "leak-new"),
         }
     finally:
         web.stop()

@@ -146,7 +146,11 @@ def test_the_cli_command_exits_1_and_masks(redis_server: RedisServer, tmp_path: 
 
 @pytest.mark.parametrize("variable", ["CALLBACK_TOKEN", "EXOTEL_API_TOKEN"])
 def test_cli_problem_lines_never_echo_the_secret(variable: str, tmp_path: object) -> None:
-    env = {"CALLBACK_TOKEN": NEW_TOKEN, variable: "bad token with spaces " + API_TOKEN}
+    env = {
+        "CALLBACK_TOKEN": NEW_TOKEN,
+        variable: "bad token with spaces " + API_TOKEN,
+        "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",  # never a Redis we did not start
+    }
     env.setdefault("EXOTEL_ACCOUNT_SID", "acme1")
     env.setdefault("EXOTEL_API_KEY", "k")
     _, output = check(env)

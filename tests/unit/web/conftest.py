@@ -36,7 +36,10 @@ def base_env(redis_url: str, tmp: Path) -> dict[str, str]:
 
 def state_keys(client: redis.Redis) -> set[bytes]:
     """Every exolegs key a callback can create (rate-limit buckets are not callback state)."""
-    return {k for k in client.keys("exolegs:*") if not k.startswith(b"exolegs:bucket:")}
+    return {
+        k for k in client.keys("exolegs:*")
+        if isinstance(k, bytes) and not k.startswith(b"exolegs:bucket:")
+    }
 
 
 def snapshot(client: redis.Redis) -> dict[bytes, object]:
