@@ -44,6 +44,33 @@ return due
 """
 
 
+# Starting a job in one round trip. KEYS: jobs zset, job hash, lock. ARGV: lease, now.
+# Returns {} when the job is no longer booked (a stale message), {0} when another
+# copy holds the lock, else {attempt, force}.
+_BEGIN = """
+if not redis.call('ZSCORE', KEYS[1], ARGV[3]) then return {} end
+if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[1]) then return {0} end
+local attempt = redis.call('HINCRBY', KEYS[2], 'attempts', 1)
+redis.call('HSETNX', KEYS[2], 'first_attempt', ARGV[2])
+redis.call('HSET', KEYS[2], 'last_attempt', ARGV[2])
+local force = redis.call('HGET', KEYS[2], 'force') or ''
+return {attempt, force}
+"""
+
+# Finishing a job: out of the book, its state and lock gone. KEYS: jobs, hash, lock.
+_FINISH = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('DEL', KEYS[2], KEYS[3])
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Started:
+    attempt: int
+    force: bool
+
+
 def fetch_id(call_sid: str) -> str:
     return f"{FETCH}:{call_sid}"
 
@@ -80,6 +107,8 @@ class JobBook:
 
     def __post_init__(self) -> None:
         self._claim = self.redis.register_script(_CLAIM)
+        self._begin = self.redis.register_script(_BEGIN)
+        self._finish = self.redis.register_script(_FINISH)
 
     # -------------------------------------------------------------- schedule
     def schedule(self, job_id: str, delay: float = 0.0, *, replace: bool = False) -> bool:
@@ -97,11 +126,27 @@ class JobBook:
     def pending(self, job_id: str) -> bool:
         return self.redis.zscore(keys.JOBS, job_id) is not None
 
+    def begin(self, job_id: str) -> Started | str:
+        """Start a run: "stale" if the job is no longer booked, "busy" if it runs elsewhere.
+
+        Otherwise the job is locked (one copy at a time, even if a stale
+        message turns up) and its attempt is counted.
+        """
+        lock = f"{keys.job(job_id)}:lock"
+        raw = self._begin(
+            keys=[keys.JOBS, keys.job(job_id), lock],
+            args=[int(self.lease_seconds), f"{time.time():.3f}", job_id],
+        )
+        if not raw:
+            return "stale"
+        if len(raw) == 1:
+            return "busy"
+        force = raw[1].decode() if isinstance(raw[1], bytes) else str(raw[1])
+        return Started(int(raw[0]), force == "1")
+
     def finish(self, job_id: str) -> None:
-        pipe = self.redis.pipeline()
-        pipe.zrem(keys.JOBS, job_id)
-        pipe.delete(keys.job(job_id))
-        pipe.execute()
+        """Done: out of the book, with its attempts and lock."""
+        self._finish(keys=[keys.JOBS, keys.job(job_id), f"{keys.job(job_id)}:lock"], args=[job_id])
 
     def claim(self, limit: int = 200) -> list[str]:
         """Due jobs, each pushed to its lease end so no other pump takes it meanwhile."""
@@ -117,27 +162,10 @@ class JobBook:
             return 0.0
         return max(0.0, time.time() - float(first[0][1]))
 
-    # ------------------------------------------------------------- one copy
-    def lock(self, job_id: str) -> bool:
-        """Only one copy of a job runs at a time, even if a stale message turns up."""
-        return bool(
-            self.redis.set(f"{keys.job(job_id)}:lock", "1", nx=True, ex=int(self.lease_seconds))
-        )
-
     def unlock(self, job_id: str) -> None:
         self.redis.delete(f"{keys.job(job_id)}:lock")
 
     # -------------------------------------------------------------- attempts
-    def start_attempt(self, job_id: str) -> int:
-        key = keys.job(job_id)
-        now = f"{time.time():.3f}"
-        pipe = self.redis.pipeline()
-        pipe.hincrby(key, "attempts", 1)
-        pipe.hsetnx(key, "first_attempt", now)
-        pipe.hset(key, "last_attempt", now)
-        results = pipe.execute()
-        return int(results[0])
-
     def undo_attempt(self, job_id: str) -> None:
         """A run that only waited for a token or a circuit is not an attempt."""
         self.redis.hincrby(keys.job(job_id), "attempts", -1)
@@ -159,27 +187,48 @@ class JobBook:
 
 
 class Pump:
-    """Moves due jobs from the book to Celery; one per worker process, all cooperating."""
+    """Moves due jobs from the book to Celery; one per worker process, all cooperating.
+
+    Jobs of the same kind (and sink) go to Celery in small batches, so a
+    backlog does not pay a task's overhead per job, while one slow sink only
+    ever holds up its own deliveries. The pump tops the broker queue up to
+    ``high_water`` messages and no further: a job waiting in the queue longer
+    than its lease would otherwise be claimed and sent a second time.
+    """
 
     def __init__(
         self,
         book: JobBook,
-        dispatch: Callable[[JobId], None],
+        dispatch: Callable[[list[JobId]], None],
         *,
+        queued: Callable[[], int] = lambda: 0,
         interval: float = 0.05,
-        batch: int = 200,
+        high_water: int = 64,
+        batch: int = 16,
     ) -> None:
         self.book = book
         self.dispatch = dispatch
+        self.queued = queued
         self.interval = interval
+        self.high_water = high_water
         self.batch = batch
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def run_once(self) -> int:
-        claimed = self.book.claim(self.batch)
+        room = self.high_water - self.queued()
+        if room <= 0:
+            return 0
+        claimed = self.book.claim(room * self.batch)
+        groups: dict[tuple[str, str | None], list[JobId]] = {}
         for raw in claimed:
-            self.dispatch(JobId.parse(raw))
+            job = JobId.parse(raw)
+            groups.setdefault((job.kind, job.sink), []).append(job)
+        for group in groups.values():
+            # Small backlogs go one job per message, for latency and spread.
+            size = max(1, min(self.batch, len(group) // 4))
+            for start in range(0, len(group), size):
+                self.dispatch(group[start : start + size])
         return len(claimed)
 
     def run(self) -> None:
@@ -192,10 +241,9 @@ class Pump:
                 failures += 1
                 if failures == 1 or failures % 50 == 0:
                     log.warning("job pump cannot reach Redis (%s); jobs wait in the book", err)
-                moved = 0
                 self._stop.wait(min(5.0, self.interval * failures))
                 continue
-            if moved < self.batch:
+            if moved == 0:
                 self._stop.wait(self.interval)
 
     def start(self) -> Pump:

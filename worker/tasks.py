@@ -6,6 +6,7 @@ The work is in :mod:`worker.pipeline`; the waiting is in the job book.
 from __future__ import annotations
 
 import logging
+import time
 
 from worker import jobs, pipeline
 from worker.celery_app import app
@@ -17,55 +18,76 @@ from worker.runtime import Runtime
 log = logging.getLogger("exolegs.tasks")
 
 
+# Past this much time in one batch, a task hands the rest back to the book:
+# every job must start well inside its lease.
+BATCH_BUDGET_FRACTION = 0.25
+
+
 @app.task(name="exolegs.fetch_legs", ignore_result=True)
-def fetch_legs(call_sid: str) -> str:
-    return execute(app.runtime(), JobId(jobs.FETCH, call_sid))
+def fetch_legs(call_sids: list[str]) -> list[str]:
+    """Fetch and enrich each call (a batch when there is a backlog)."""
+    return run_batch(app.runtime(), [JobId(jobs.FETCH, sid) for sid in call_sids])
 
 
 @app.task(name="exolegs.deliver", ignore_result=True)
-def deliver(call_sid: str, sink: str) -> str:
-    return execute(app.runtime(), JobId(jobs.DELIVER, call_sid, sink))
+def deliver(call_sids: list[str], sink: str) -> list[str]:
+    """Deliver each call to one sink; other sinks have their own tasks."""
+    return run_batch(app.runtime(), [JobId(jobs.DELIVER, sid, sink) for sid in call_sids])
 
 
-def dispatch(job: JobId) -> None:
-    if job.kind == jobs.FETCH:
-        fetch_legs.apply_async(args=[job.call_sid])
+def dispatch(batch: list[JobId]) -> None:
+    first = batch[0]
+    sids = [job.call_sid for job in batch]
+    if first.kind == jobs.FETCH:
+        fetch_legs.apply_async(args=[sids])
     else:
-        deliver.apply_async(args=[job.call_sid, job.sink])
+        deliver.apply_async(args=[sids, first.sink])
+
+
+def run_batch(rt: Runtime, batch: list[JobId]) -> list[str]:
+    """Each job on its own; what is left when the time budget runs out goes back due now."""
+    deadline = time.monotonic() + rt.settings.job_lease_seconds * BATCH_BUDGET_FRACTION
+    outcomes = []
+    for n, job in enumerate(batch):
+        if time.monotonic() > deadline:
+            for rest in batch[n:]:
+                rt.book.reschedule(str(rest), 0)
+            outcomes += ["handed back"] * (len(batch) - n)
+            break
+        outcomes.append(execute(rt, job))
+    return outcomes
 
 
 def execute(rt: Runtime, job: JobId) -> str:
     """Run one job once; returns what happened (for logs and tests)."""
     job_id = str(job)
-    if not rt.book.pending(job_id):
-        return "stale"  # finished already: a repeated or restored message
-    if not rt.book.lock(job_id):
-        return "busy"  # another copy is running; the book re-dispatches if it dies
+    started = rt.book.begin(job_id)
+    if isinstance(started, str):
+        return started  # "stale": finished already; "busy": another copy runs it
     context = f"call={job.call_sid} job={job_id}"
+    attempt = started.attempt
     try:
-        attempt = rt.book.start_attempt(job_id)
-        try:
-            if job.kind == jobs.FETCH:
-                pipeline.fetch_call(rt, job.call_sid)
-            else:
-                force = rt.book.info(job_id).get("force") == "1"
-                pipeline.deliver_call(rt, job.call_sid, job.sink or "", force=force)
-        except Deferred as wait:
-            rt.book.undo_attempt(job_id)
-            rt.book.reschedule(job_id, wait.delay)
-            log.debug("%s deferred: %s", context, wait.reason)
-            return "deferred"
-        except ExolegsError as err:
-            return _failed(rt, job, attempt, err)
-        except Exception as err:
-            log.exception("%s failed unexpectedly; will retry", context)
-            wrapped = TransientError(f"unexpected {type(err).__name__}: {err}")
-            return _failed(rt, job, attempt, wrapped)
-        rt.book.finish(job_id)
+        if job.kind == jobs.FETCH:
+            pipeline.fetch_call(rt, job.call_sid)
+        else:
+            pipeline.deliver_call(rt, job.call_sid, job.sink or "", force=started.force)
+    except Deferred as wait:
+        rt.book.undo_attempt(job_id)
+        rt.book.reschedule(job_id, wait.delay)
+        log.debug("%s deferred: %s", context, wait.reason)
+        outcome = "deferred"
+    except ExolegsError as err:
+        outcome = _failed(rt, job, attempt, err)
+    except Exception as err:
+        log.exception("%s failed unexpectedly; will retry", context)
+        wrapped = TransientError(f"unexpected {type(err).__name__}: {err}")
+        outcome = _failed(rt, job, attempt, wrapped)
+    else:
+        rt.book.finish(job_id)  # also drops the lock
         log.info("%s done (attempt %d)", context, attempt)
         return "done"
-    finally:
-        rt.book.unlock(job_id)
+    rt.book.unlock(job_id)
+    return outcome
 
 
 def _failed(rt: Runtime, job: JobId, attempt: int, err: ExolegsError) -> str:
@@ -108,7 +130,8 @@ def _failed(rt: Runtime, job: JobId, attempt: int, err: ExolegsError) -> str:
 
 def start_pump() -> Pump:
     rt = app.runtime()
-    app.pump = Pump(rt.book, dispatch).start()
+    queue = app.conf.task_default_queue
+    app.pump = Pump(rt.book, dispatch, queued=lambda: int(rt.redis.llen(queue))).start()
     log.info("job pump started (lease %.0fs)", rt.settings.job_lease_seconds)
     return app.pump
 

@@ -13,8 +13,9 @@ def test_dead_letter_keeps_reason_attempts_and_callback(redis_client: redis.Redi
     dead = DeadLetters(redis_client, book)
     job = JobId("deliver", "c1", "hubspot")
     book.schedule(str(job))
-    book.start_attempt(str(job))
-    book.start_attempt(str(job))
+    for _ in range(2):
+        book.begin(str(job))
+        book.unlock(str(job))
     letter = dead.add(
         job,
         reason="permanent error",
@@ -36,7 +37,8 @@ def test_replay_books_the_job_again_with_fresh_attempts(redis_client: redis.Redi
     book = JobBook(redis_client)
     dead = DeadLetters(redis_client, book)
     job = JobId("deliver", "c1", "jsonl")
-    book.start_attempt(str(job))
+    book.schedule(str(job))
+    book.begin(str(job))
     letter = dead.add(job, reason="retries exhausted", error="x")
     dead.replay(letter, force=True)
     assert book.pending(str(job)) and dead.count() == 0

@@ -5,7 +5,7 @@ import time
 import redis
 
 from worker import jobs
-from worker.jobs import JobBook, JobId, Pump
+from worker.jobs import JobBook, JobId, Pump, Started
 
 
 def test_job_ids_round_trip() -> None:
@@ -37,7 +37,7 @@ def test_schedule_is_idempotent_and_finish_removes(redis_client: redis.Redis) ->
     book = JobBook(redis_client)
     assert book.schedule("fetch:a") is True
     assert book.schedule("fetch:a") is False
-    book.start_attempt("fetch:a")
+    book.begin("fetch:a")
     book.finish("fetch:a")
     assert not book.pending("fetch:a")
     assert book.info("fetch:a") == {}
@@ -52,16 +52,22 @@ def test_reschedule_moves_only_existing_jobs(redis_client: redis.Redis) -> None:
     assert book.claim() == []
 
 
-def test_attempts_and_lock(redis_client: redis.Redis) -> None:
+def test_begin_counts_attempts_and_allows_one_copy(redis_client: redis.Redis) -> None:
     book = JobBook(redis_client)
-    assert book.start_attempt("fetch:a") == 1
-    assert book.start_attempt("fetch:a") == 2
+    assert book.begin("fetch:a") == "stale"  # not booked: a stale message
+    book.schedule("fetch:a")
+    first = book.begin("fetch:a")
+    assert isinstance(first, Started) and first.attempt == 1 and not first.force
+    assert book.begin("fetch:a") == "busy"  # a second copy while the first runs
+    book.unlock("fetch:a")
+    second = book.begin("fetch:a")
+    assert isinstance(second, Started) and second.attempt == 2
     book.undo_attempt("fetch:a")
     info = book.info("fetch:a")
-    assert info["attempts"] == "1" and "first_attempt" in info
-    assert book.lock("fetch:a") and not book.lock("fetch:a")
-    book.unlock("fetch:a")
-    assert book.lock("fetch:a")
+    assert info["attempts"] == "1" and "first_attempt" in info and "last_attempt" in info
+    book.finish("fetch:a")
+    assert book.begin("fetch:a") == "stale"
+    assert not redis_client.exists("exolegs:job:fetch:a:lock")
 
 
 def test_pump_dispatches_due_jobs(redis_client: redis.Redis) -> None:
@@ -69,7 +75,7 @@ def test_pump_dispatches_due_jobs(redis_client: redis.Redis) -> None:
     seen: list[JobId] = []
     for n in range(5):
         book.schedule(jobs.fetch_id(f"c{n}"))
-    pump = Pump(book, seen.append, interval=0.05).start()
+    pump = Pump(book, seen.extend, interval=0.05).start()
     try:
         deadline = time.time() + 5
         while len(seen) < 5 and time.time() < deadline:
@@ -77,3 +83,25 @@ def test_pump_dispatches_due_jobs(redis_client: redis.Redis) -> None:
     finally:
         pump.stop()
     assert sorted(j.call_sid for j in seen) == [f"c{n}" for n in range(5)]
+
+
+def test_pump_batches_a_backlog_by_kind_and_sink(redis_client: redis.Redis) -> None:
+    book = JobBook(redis_client)
+    for n in range(100):
+        book.schedule(jobs.fetch_id(f"c{n}"))
+        book.schedule(jobs.deliver_id(f"c{n}", "crm"))
+    book.schedule(jobs.deliver_id("c0", "jsonl"))
+    messages: list[list[JobId]] = []
+    Pump(book, messages.append).run_once()
+    assert all(len({(j.kind, j.sink) for j in m}) == 1 for m in messages)  # never mixed
+    assert max(len(m) for m in messages) == 16
+    assert sum(len(m) for m in messages) == 201
+
+
+def test_pump_stops_at_the_high_water_mark(redis_client: redis.Redis) -> None:
+    book = JobBook(redis_client)
+    for n in range(10):
+        book.schedule(jobs.fetch_id(f"c{n}"))
+    messages: list[list[JobId]] = []
+    assert Pump(book, messages.append, queued=lambda: 64, high_water=64).run_once() == 0
+    assert messages == [] and len(book.claim()) == 10  # still due, nobody leased them
