@@ -8,7 +8,7 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger
 
-from worker.logs import CALLBACK_PATH, ScrubFilter, secrets_of
+from worker.logs import CALLBACK_PATH, ScrubFilter
 from worker.redact import MASK
 from worker.settings import Settings
 
@@ -56,7 +56,7 @@ def gunicorn_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "timeout": 20,
         "graceful_timeout": 20,
         "keepalive": 100,
-        "logger_class": masking_logger(secrets_of(settings)),
+        "logger_class": masking_logger(settings.secrets()),
         "accesslog": "-" if settings.log_level == "DEBUG" else None,
         "errorlog": "-",
         "loglevel": "warning" if settings.log_level != "DEBUG" else "debug",

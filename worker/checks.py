@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from typing import TextIO
 
 from worker.errors import SettingsError
-from worker.logs import Scrubber, secrets_of, url_secrets
-from worker.redact import MASK, mask_url
+from worker.logs import Scrubber
+from worker.redact import MASK, mask_url, url_secrets
 from worker.settings import Settings
 
 _SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|DSN|KEY|AUTH", re.IGNORECASE)
@@ -184,7 +184,7 @@ def run_check(env: Mapping[str, str] | None = None, *, out: TextIO | None = None
         # it does, mask the value of every secret-looking variable anyway.
         print(f"problem: {Scrubber(_env_secrets(env))(str(err))}", file=stream)
         return 1
-    scrub = Scrubber(secrets_of(settings))
+    scrub = Scrubber(settings.secrets())
 
     def say(line: str = "") -> None:
         print(scrub(line), file=stream)

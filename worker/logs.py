@@ -2,7 +2,7 @@
 
 What is scrubbed, everywhere exolegs writes (log lines, gunicorn's access and
 error logs, Sentry events, ``exolegs check``): every value from
-:func:`secrets_of` (the Exotel API token and its Basic header, every callback
+:meth:`Settings.secrets` (the Exotel API token and its Basic header, every callback
 token, the Basic-auth password and its header, SENTRY_DSN and its key, URL
 passwords and secret-looking query values of REDIS_URL and SINKS, each also
 percent-encoded), and any ``/exotel/callback/<token>`` path, whatever the
@@ -11,7 +11,6 @@ token, becomes ``/exotel/callback/***``.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import re
@@ -19,7 +18,6 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
-from urllib.parse import quote, quote_plus, unquote, unquote_plus, urlsplit
 
 from worker.redact import MASK
 from worker.settings import Settings
@@ -29,58 +27,6 @@ _SECRET_KEY = re.compile(r"token|secret|password|passwd|key|auth|dsn|sig", re.IG
 _SEPARATORS = re.compile(r"[,;\s]+")
 _MIN_SECRET = 4
 _MAX_EVENT_DEPTH = 64
-
-
-# ------------------------------------------------------------------ secrets
-def url_secrets(url: str, *, username_too: bool = False) -> set[str]:
-    """A URL's password (and user, for a DSN) and its secret-looking query values,
-    raw, decoded with and without ``+`` as space, and split on separators."""
-    found: set[str] = set()
-    try:
-        parts = urlsplit(url)
-        password, username = parts.password, parts.username
-    except ValueError:
-        return found
-    for value in (password, username if username_too else None):
-        if value:
-            found.update({value, unquote(value)})
-    for pair in parts.query.split("&"):
-        key, _, raw = pair.partition("=")
-        if not raw or not _SECRET_KEY.search(unquote_plus(key)):
-            continue
-        for value in {raw, unquote(raw), unquote_plus(raw)}:
-            found.add(value)
-            found.update(_SEPARATORS.split(value))
-    return found
-
-
-def secrets_of(settings: Settings) -> list[str]:
-    """Every secret string that must never be printed, longest first.
-
-    A superset of :meth:`Settings.secrets`: it adds the callback Basic-auth
-    header, the DSN's key, webhook secrets written with ``+`` or several to a
-    parameter, and the percent-encoded form of each.
-    """
-    found = set(settings.secrets())
-    found.update(settings.callback_tokens)
-    if settings.exotel_api_token:
-        found.add(settings.exotel_api_token)
-        if settings.exotel_api_key:
-            pair = f"{settings.exotel_api_key}:{settings.exotel_api_token}".encode()
-            found.add(base64.b64encode(pair).decode())
-    if settings.callback_basic_auth:
-        user, password = settings.callback_basic_auth
-        found.add(password)
-        found.add(base64.b64encode(f"{user}:{password}".encode()).decode())
-    if settings.sentry_dsn:
-        found.add(settings.sentry_dsn)
-        found.update(url_secrets(settings.sentry_dsn, username_too=True))
-    found.update(url_secrets(settings.redis_url))
-    for url in settings.sinks:
-        found.update(url_secrets(url))
-    for secret in list(found):
-        found.update({quote(secret, safe=""), quote_plus(secret, safe="")})
-    return sorted((s for s in found if len(s) >= _MIN_SECRET), key=len, reverse=True)
 
 
 class Scrubber:
@@ -160,7 +106,7 @@ def configure_logging(settings: Settings, *, stream: object = None) -> None:
         inner = JsonFormatter()
     else:
         inner = logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s", "%H:%M:%S")
-    scrubber = ScrubFilter(secrets_of(settings))
+    scrubber = ScrubFilter(settings.secrets())
     handler.setFormatter(ScrubbingFormatter(inner, scrubber.scrub))
     handler.addFilter(scrubber)
     root = logging.getLogger()
@@ -181,7 +127,7 @@ def sentry_options(settings: Settings, *, web: bool) -> dict[str, Any]:
     from sentry_sdk.integrations.celery import CeleryIntegration
     from sentry_sdk.integrations.flask import FlaskIntegration
 
-    scrub = Scrubber(secrets_of(settings))
+    scrub = Scrubber(settings.secrets())
 
     def before_send(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any] | None:
         try:

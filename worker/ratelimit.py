@@ -123,4 +123,3 @@ class RateLimiter:
     def block(self, name: str, seconds: float) -> None:
         """Nobody may call ``name`` for ``seconds`` (the upstream said 429 + Retry-After)."""
         self._block(keys=[keys.bucket(name)], args=[max(0.0, seconds)])
-

@@ -7,8 +7,9 @@ from collections.abc import Iterable
 from urllib.parse import parse_qsl, unquote, unquote_plus, urlsplit
 
 MASK = "***"
+MIN_SECRET = 4
 _SECRETISH = re.compile(r"(token|secret|password|passwd|key|auth|dsn|sig)", re.IGNORECASE)
-_SEPARATORS = re.compile(r"[\s,]+")
+_SEPARATORS = re.compile(r"[,;\s]+")
 
 
 def mask_url(url: str) -> str:
@@ -35,14 +36,21 @@ def mask_url(url: str) -> str:
     return masked
 
 
-def url_secrets(url: str) -> list[str]:
-    """Secret-looking values in a sink URL, in every spelling a sink may decode them to."""
+def url_secrets(url: str, *, username_too: bool = False) -> list[str]:
+    """A URL's password (and user, for a Sentry DSN) and its secret-looking query values.
+
+    Every spelling a reader may decode them to: raw, percent-decoded with and
+    without ``+`` as a space, split on separators, and a ``whsec_`` key alone.
+    """
     try:
         parts = urlsplit(url)
-        password = parts.password
+        password, username = parts.password, parts.username
     except ValueError:
         return []
-    found = [password, unquote(password)] if password else []
+    found: list[str] = []
+    for value in (password, username if username_too else None):
+        if value:
+            found += [value, unquote(value)]
     for piece in parts.query.split("&"):
         raw_key, _, raw_value = piece.partition("=")
         if not raw_value or not _SECRETISH.search(unquote_plus(raw_key)):
@@ -50,14 +58,9 @@ def url_secrets(url: str) -> list[str]:
         for value in {raw_value, unquote(raw_value), unquote_plus(raw_value)}:
             found.append(value)
             found.extend(_SEPARATORS.split(value))
-    for key, value in parse_qsl(parts.query):
-        if _SECRETISH.search(key) and value:
-            found.append(value)
-    expanded = list(found)
-    for value in found:  # whsec_<base64>: the key part alone is secret too
-        if value.startswith("whsec_"):
-            expanded.append(value[len("whsec_") :])
-    return [s for s in dict.fromkeys(expanded) if len(s) >= 4]
+    found += [v for k, v in parse_qsl(parts.query) if _SECRETISH.search(k) and v]
+    found += [v.removeprefix("whsec_") for v in found if v.startswith("whsec_")]
+    return [s for s in dict.fromkeys(found) if len(s) >= MIN_SECRET]
 
 
 def scrub(text: str, secrets: Iterable[str]) -> str:

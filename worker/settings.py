@@ -6,6 +6,7 @@ Tests build settings from a plain mapping.
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import os
 import re
@@ -13,10 +14,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, quote_plus, urlsplit
 
 from worker.errors import SettingsError
-from worker.redact import mask_url, url_secrets
+from worker.redact import MIN_SECRET, mask_url, url_secrets
 
 REGION_HOSTS = {"sg": "https://ccm-api.exotel.com", "in": "https://ccm-api.in.exotel.com"}
 CALL_SID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -117,19 +118,27 @@ class Settings:
         return int(self.retention_hours * 3600)
 
     def secrets(self) -> list[str]:
-        """Every secret value, so logs and errors can be scrubbed of them."""
-        found = [self.exotel_api_token, self.sentry_dsn, *self.callback_tokens]
-        if self.callback_basic_auth:
-            found.append(self.callback_basic_auth[1])
-        found.extend(url_secrets(self.redis_url))
-        for url in self.sinks:
-            found.extend(url_secrets(url))
-        if self.exotel_api_key and self.exotel_api_token:
-            import base64
+        """Every string that must never be printed, longest first.
 
+        The Exotel token and its Basic header, every callback token, the
+        callback Basic password and header, SENTRY_DSN and its key, passwords
+        and secret-looking query values in REDIS_URL and SINKS, each also
+        percent-encoded. Logs, errors, Sentry events and the CLI scrub these.
+        """
+        found = {self.exotel_api_token, self.sentry_dsn, *self.callback_tokens}
+        if self.exotel_api_key and self.exotel_api_token:
             pair = f"{self.exotel_api_key}:{self.exotel_api_token}".encode()
-            found.append(base64.b64encode(pair).decode())
-        return [s for s in found if s and len(s) >= 4]
+            found.add(base64.b64encode(pair).decode())
+        if self.callback_basic_auth:
+            user, password = self.callback_basic_auth
+            found |= {password, base64.b64encode(f"{user}:{password}".encode()).decode()}
+        if self.sentry_dsn:
+            found.update(url_secrets(self.sentry_dsn, username_too=True))
+        for url in (self.redis_url, *self.sinks):
+            found.update(url_secrets(url))
+        for secret in [s for s in found if s]:
+            found |= {quote(secret, safe=""), quote_plus(secret, safe="")}
+        return sorted((s for s in found if s and len(s) >= MIN_SECRET), key=len, reverse=True)
 
 
 def _get(env: Mapping[str, str], name: str) -> str | None:
@@ -275,5 +284,3 @@ def _parse(env: Mapping[str, str]) -> dict[str, Any]:
     wc = _get(env, "WORKER_CONCURRENCY")
     out["worker_concurrency"] = _integer(env, "WORKER_CONCURRENCY", 1, minimum=1) if wc else None
     return out
-
-

@@ -290,7 +290,9 @@ def test_dead_letters_list_show_replay_purge(
     worker = start_worker(pipeline_env, tmp_path / "w.log")
     try:
         book(settings, ["dlq1"])
-        listed = wait_for(lambda: json.loads(exolegs(pipeline_env, "dead", "list", "--json").stdout))
+        listed = wait_for(
+            lambda: json.loads(exolegs(pipeline_env, "dead", "list", "--json").stdout)
+        )
         [letter] = listed
         assert letter["call_sid"] == "dlq1" and letter["sink"] is None
         assert letter["attempts"] == 3 and "10744" in letter["last_error"]

@@ -22,7 +22,6 @@ from worker.logs import (
     ScrubFilter,
     configure_logging,
     scrub_event,
-    secrets_of,
     sentry_options,
 )
 from worker.redact import MASK
@@ -84,8 +83,8 @@ def assert_clean(text: str) -> None:
 
 
 # --------------------------------------------------------------- the list
-def test_secrets_of_covers_every_form(conf: Settings) -> None:
-    found = secrets_of(conf)
+def test_settings_secrets_cover_every_form(conf: Settings) -> None:
+    found = conf.secrets()
     for secret in SECRETS:
         assert secret in found, secret
     assert "whsec_%2B%2F%2B%2Fc2VjcmV0LWtlef%2F%2BIHBsdXM%3D" in found  # percent-encoded form too
@@ -94,7 +93,7 @@ def test_secrets_of_covers_every_form(conf: Settings) -> None:
 
 
 def test_scrubber_masks_any_callback_token_and_known_secrets(conf: Settings) -> None:
-    scrub = Scrubber(secrets_of(conf))
+    scrub = Scrubber(conf.secrets())
     line = (
         f'GET /exotel/callback/guessed-token-xyz?CallSid=1 "{API_TOKEN}" '
         f"/exotel/callback/{NEW_TOKEN}"
@@ -169,7 +168,7 @@ def test_log_lines_at_debug_carry_no_secret(
 
 def test_scrub_filter_is_safe_on_records_of_other_handlers(conf: Settings) -> None:
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "%s %d", (API_TOKEN,), None)
-    assert ScrubFilter(secrets_of(conf)).filter(record) is True
+    assert ScrubFilter(conf.secrets()).filter(record) is True
     assert API_TOKEN not in record.getMessage()
     assert "unformattable" in record.getMessage()
 

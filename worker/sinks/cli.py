@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     from worker.sinks.base import Sink
 
 
-
 def _class_path(cls: type[Sink]) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 

@@ -27,10 +27,10 @@ from tests.unit.sinks.conftest import (
 )
 from worker import ledger
 from worker.errors import ExolegsError
+from worker.redact import url_secrets
 from worker.settings import Settings
 from worker.sinks import registry
 from worker.sinks.base import Sink
-from worker.redact import url_secrets
 
 
 def _secrets(case: SinkCase) -> list[str]:
