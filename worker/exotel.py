@@ -188,6 +188,9 @@ class ExotelClient:
             adapter = HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE, max_retries=0)
             session.mount("https://", adapter)
             session.mount("http://", adapter)
+            # Read HTTPS_PROXY/NO_PROXY once here, not on every request.
+            session.proxies.update(requests.utils.get_environ_proxies(settings.exotel_url))
+            session.trust_env = False
         self.session = session
         self._auth: HTTPBasicAuth | None = None
         if settings.exotel_api_key and settings.exotel_api_token:

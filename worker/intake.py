@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from worker import jobs, keys
 
@@ -82,12 +82,16 @@ class Intake:
         return Accepted(duplicate=result == 0, fetch_booked=result == 2)
 
 
-def terminal_callback(
-    redis: Redis, call_sid: str
-) -> tuple[dict[str, object], str | None, str | None]:
-    """The terminal callback's fields, its normalised status and the call's direction."""
-    raw = redis.hmget(keys.call(call_sid), ["terminal", "direction"])
+CALLBACK_FIELDS = ["terminal", "direction"]
+
+
+def parse_callback(raw: list[Any]) -> tuple[dict[str, Any], str | None, str | None]:
+    """``HMGET call-hash terminal direction`` -> (fields, normalised status, direction)."""
     terminal = json.loads(raw[0]) if raw[0] else {}
     direction = raw[1].decode() if isinstance(raw[1], bytes) else raw[1]
-    fields = terminal.get("fields") or {}
-    return fields, terminal.get("status"), direction
+    return terminal.get("fields") or {}, terminal.get("status"), direction
+
+
+def terminal_callback(redis: Redis, call_sid: str) -> tuple[dict[str, Any], str | None, str | None]:
+    """The terminal callback's fields, its normalised status and the call's direction."""
+    return parse_callback(redis.hmget(keys.call(call_sid), CALLBACK_FIELDS))

@@ -40,6 +40,19 @@ def mark_delivered(redis: Redis, call_sid: str, sink_name: str, retention_second
     pipe.execute()
 
 
+# KEYS[1] ledger hash. ARGV: sink, pending marker, retention, force.
+# Marks the delivery pending and returns the state it had ('' for none),
+# unless the sink already has the call (and this is not forced): then only
+# returns that state.
+_CLAIM = """
+local state = redis.call('HGET', KEYS[1], ARGV[1])
+if state and ARGV[4] ~= '1' and string.sub(state, 1, 7) ~= 'pending' then return state end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return state or ''
+"""
+
+
 def deliver_once(
     redis: Redis,
     sink: Sink,
@@ -50,19 +63,18 @@ def deliver_once(
 ) -> bool:
     """Deliver unless the ledger says this sink has the call; True when delivered now."""
     call_sid = str(record["call_sid"])
-    state = _state(redis, call_sid, sink.name)
-    if not force and state is not None:
-        if not state.startswith(PENDING):
-            return False
+    raw = redis.register_script(_CLAIM)(
+        keys=[keys.ledger(call_sid)],
+        args=[sink.name, f"{PENDING}:{time.time():.3f}", retention_seconds, "1" if force else ""],
+    )
+    prior = raw.decode() if isinstance(raw, bytes) else str(raw)
+    if prior and not prior.startswith(PENDING) and not force:
+        return False
+    if prior.startswith(PENDING) and not force and not sink.native_idempotency:
         # An earlier attempt died mid-delivery: ask the destination before writing again.
-        if not sink.native_idempotency and sink.lookup(call_sid):
+        if sink.lookup(call_sid):
             mark_delivered(redis, call_sid, sink.name, retention_seconds)
             return False
-    key = keys.ledger(call_sid)
-    pipe = redis.pipeline()
-    pipe.hset(key, sink.name, f"{PENDING}:{time.time():.3f}")
-    pipe.expire(key, retention_seconds)
-    pipe.execute()
     sink.deliver(record)
     mark_delivered(redis, call_sid, sink.name, retention_seconds)
     return True

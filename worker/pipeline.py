@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from worker import jobs, keys, ledger
 from worker.errors import ConfigFaultError, Deferred, PermanentError
+from worker.intake import CALLBACK_FIELDS, parse_callback
 from worker.settings import Rate
 
 if TYPE_CHECKING:
@@ -35,23 +36,11 @@ def take_slot(rt: Runtime, job_id: str, limit_name: str, rate: Rate) -> None:
     the strict gate; if it is refused (it came late, bunched with others) it
     keeps its place and waits only as long as the gate says.
     """
-    field = f"slot:{limit_name}"
-    held = rt.redis.hget(keys.job(job_id), field)
-    now = time.time()
-    if held is None:
-        delay = rt.limiter.reserve(limit_name, rate)
-        if delay > 0.01:
-            rt.redis.hset(keys.job(job_id), field, f"{now + delay:.3f}")
-            raise Deferred(delay, f"waiting {delay:.2f}s for a {limit_name} rate-limit slot")
-    elif float(held) > now:
-        raise Deferred(float(held) - now, f"waiting for its {limit_name} rate-limit slot")
-    wait = rt.limiter.acquire(limit_name, rate)
+    wait = rt.limiter.take(limit_name, rate, keys.job(job_id))
     if wait > 0:
-        if held is None:
-            rt.redis.hset(keys.job(job_id), field, f"{now:.3f}")
-        raise Deferred(wait + random.uniform(0, wait / 2), f"{limit_name} gate closed")
-    if held is not None:
-        rt.redis.hdel(keys.job(job_id), field)
+        raise Deferred(wait, f"waiting {wait:.2f}s for its {limit_name} rate-limit slot")
+    if wait < 0:
+        raise Deferred(-wait * random.uniform(1.0, 1.5), f"{limit_name} gate closed")
 
 
 def load_record(rt: Runtime, call_sid: str) -> CallRecord | None:
@@ -59,17 +48,12 @@ def load_record(rt: Runtime, call_sid: str) -> CallRecord | None:
     return json.loads(raw) if raw else None
 
 
-def book_deliveries(rt: Runtime, call_sid: str) -> None:
-    for name in rt.sinks:
-        if not ledger.delivered(rt.redis, call_sid, name):
-            rt.book.schedule(jobs.deliver_id(call_sid, name))
-
-
-def build_call_record(rt: Runtime, call_sid: str, body: dict[str, Any]) -> CallRecord:
+def build_call_record(
+    rt: Runtime, body: dict[str, Any], callback: tuple[dict[str, Any], str | None, str | None]
+) -> CallRecord:
     from worker.enrich import build_record, leg_details_of
-    from worker.intake import terminal_callback
 
-    fields, status, direction = terminal_callback(rt.redis, call_sid)
+    fields, status, direction = callback
     return build_record(
         leg_details_of(body),
         fields,
@@ -119,8 +103,13 @@ def call_upstream(
 
 def fetch_call(rt: Runtime, call_sid: str) -> CallRecord:
     """Fetch the legs once, keep the record, and book one delivery per sink."""
-    record = load_record(rt, call_sid)
-    if record is None:
+    pipe = rt.redis.pipeline(transaction=False)
+    pipe.get(keys.record(call_sid))
+    pipe.hmget(keys.call(call_sid), CALLBACK_FIELDS)
+    raw_record, raw_callback = pipe.execute()
+    if raw_record:
+        record: CallRecord = json.loads(raw_record)
+    else:
         body = call_upstream(
             rt,
             jobs.fetch_id(call_sid),
@@ -128,13 +117,19 @@ def fetch_call(rt: Runtime, call_sid: str) -> CallRecord:
             rt.settings.exotel_rate_limit,
             lambda: rt.exotel.fetch_legs(call_sid),
         )
-        record = build_call_record(rt, call_sid, body)
-        rt.redis.set(
+        record = build_call_record(rt, body, parse_callback(raw_callback))
+    # The record and its deliveries in one round trip; a sink that already has
+    # the call finishes its delivery job at once (the ledger says so).
+    pipe = rt.redis.pipeline(transaction=True)
+    if not raw_record:
+        pipe.set(
             keys.record(call_sid),
             json.dumps(record, separators=(",", ":"), default=str),
             ex=rt.settings.retention_seconds,
         )
-    book_deliveries(rt, call_sid)
+    now = time.time()
+    pipe.zadd(keys.JOBS, {jobs.deliver_id(call_sid, name): now for name in rt.sinks}, nx=True)
+    pipe.execute()
     return record
 
 
@@ -151,8 +146,6 @@ def deliver_call(rt: Runtime, call_sid: str, sink_name: str, *, force: bool = Fa
         # Past retention, or a replay long after: fetch again; the fetch books deliveries.
         rt.redis.delete(keys.fetch_once(call_sid))
         rt.book.schedule(jobs.fetch_id(call_sid))
-        return False
-    if not force and ledger.delivered(rt.redis, call_sid, sink_name):
         return False
     return call_upstream(
         rt,

@@ -24,25 +24,6 @@ if TYPE_CHECKING:
     from worker.settings import Rate
 
 # KEYS[1] bucket hash. ARGV: emission interval (s), burst tolerance (s), ttl (s)
-# Returns {delay_ms, blocked_until_ms}; the clock is Redis's own, shared by all hosts.
-_RESERVE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local emission = tonumber(ARGV[1])
-local tolerance = tonumber(ARGV[2])
-local tat = tonumber(redis.call('HGET', KEYS[1], 'tat') or '0')
-local blocked = tonumber(redis.call('HGET', KEYS[1], 'blocked') or '0')
-if tat < now then tat = now end
-if tat < blocked then tat = blocked end
-local at = tat - tolerance
-if at < now then at = now end
-if at < blocked then at = blocked end
-redis.call('HSET', KEYS[1], 'tat', tostring(tat + emission))
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-return {math.floor((at - now) * 1000), math.floor(blocked * 1000)}
-"""
-
-# KEYS[1] bucket hash. ARGV: emission interval (s), burst tolerance (s), ttl (s)
 # Returns 0 when a request may go now (and counts it), else the wait in ms.
 _ACQUIRE = """
 local t = redis.call('TIME')
@@ -74,6 +55,50 @@ return tostring(untl)
 """
 
 
+# A job's turn in one round trip: its held slot, else a new reservation in the
+# book, then the strict gate. KEYS: bucket hash, job hash. ARGV: job field,
+# book emission, book tolerance, gate emission, gate tolerance, ttl.
+# Returns 0 (go now), a positive ms wait for its slot, or a negative ms wait at the gate.
+_TAKE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local blocked = tonumber(redis.call('HGET', KEYS[1], 'blocked') or '0')
+local held = redis.call('HGET', KEYS[2], ARGV[1])
+if not held then
+  local tat = tonumber(redis.call('HGET', KEYS[1], 'tat') or '0')
+  if tat < now then tat = now end
+  if tat < blocked then tat = blocked end
+  local at = tat - tonumber(ARGV[3])
+  if at < now then at = now end
+  if at < blocked then at = blocked end
+  redis.call('HSET', KEYS[1], 'tat', tostring(tat + tonumber(ARGV[2])))
+  redis.call('EXPIRE', KEYS[1], ARGV[6])
+  if at - now > 0.01 then
+    redis.call('HSET', KEYS[2], ARGV[1], tostring(at))
+    return math.ceil((at - now) * 1000)
+  end
+elseif tonumber(held) > now then
+  return math.ceil((tonumber(held) - now) * 1000)
+end
+local wait = 0
+if blocked > now then
+  wait = blocked - now
+else
+  local gate = tonumber(redis.call('HGET', KEYS[1], 'gate') or '0')
+  if gate < now then gate = now end
+  wait = gate - tonumber(ARGV[5]) - now
+  if wait <= 0 then
+    redis.call('HSET', KEYS[1], 'gate', tostring(gate + tonumber(ARGV[4])))
+  end
+end
+if wait > 0 then
+  if not held then redis.call('HSET', KEYS[2], ARGV[1], tostring(now)) end
+  return -math.ceil(wait * 1000)
+end
+if held then redis.call('HDEL', KEYS[2], ARGV[1]) end
+return 0
+"""
+
 HEADROOM = 0.98
 
 
@@ -91,22 +116,9 @@ class RateLimiter:
     redis: Redis
 
     def __post_init__(self) -> None:
-        self._reserve = self.redis.register_script(_RESERVE)
         self._block = self.redis.register_script(_BLOCK)
         self._acquire = self.redis.register_script(_ACQUIRE)
-
-    def reserve(self, name: str, rate: Rate) -> float:
-        """Seconds until this caller may go (0 means now); the slot is held for it.
-
-        Slots are spaced for 98% of the rate: the pump hands a job over a few
-        tens of milliseconds after its slot, and that jitter must not push any
-        period over ``rate + burst``.
-        """
-        emission = rate.period / (rate.count * HEADROOM)
-        tolerance = emission * (burst_for(rate) - 1)
-        ttl = int(max(60, rate.period * 2))
-        delay_ms, _ = self._reserve(keys=[keys.bucket(name)], args=[emission, tolerance, ttl])
-        return float(delay_ms) / 1000.0
+        self._take = self.redis.register_script(_TAKE)
 
     def acquire(self, name: str, rate: Rate, burst: int | None = None) -> float:
         """Take a request from the strict gate now (0), or learn how long to wait.
@@ -119,6 +131,22 @@ class RateLimiter:
         ttl = int(max(60, rate.period * 2))
         wait_ms = self._acquire(keys=[keys.bucket(name)], args=[emission, tolerance, ttl])
         return float(wait_ms) / 1000.0
+
+    def take(self, name: str, rate: Rate, job_key: str) -> float:
+        """A job's turn: 0 to go now, > 0 seconds to its reserved slot, < 0 to wait at the gate.
+
+        The slot a job was given is kept in its own hash (``job_key``), so a
+        deferred job keeps its place in the line. See the module docstring.
+        """
+        book = rate.period / (rate.count * HEADROOM)
+        gate = rate.period / rate.count
+        burst = burst_for(rate) - 1
+        ttl = int(max(60, rate.period * 2))
+        result = self._take(
+            keys=[keys.bucket(name), job_key],
+            args=[f"slot:{name}", book, book * burst, gate, gate * burst, ttl],
+        )
+        return float(result) / 1000.0
 
     def block(self, name: str, seconds: float) -> None:
         """Nobody may call ``name`` for ``seconds`` (the upstream said 429 + Retry-After)."""

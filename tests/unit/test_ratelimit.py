@@ -20,7 +20,7 @@ def test_reservations_are_spaced_at_the_rate_after_the_burst(redis_client: redis
     rate = Rate(200, 60)  # 0.3 s apart (a little more, for headroom), burst 10
     spacing = 0.3 / HEADROOM
     start = time.time()
-    slots = [time.time() + limiter.reserve("exotel:acme", rate) for _ in range(40)]
+    slots = [time.time() + limiter.take("exotel:acme", rate, f"job:{n}") for n in range(40)]
     assert all(s - start < 0.5 for s in slots[:10])  # the burst goes at once
     later = slots[10:]
     gaps = [b - a for a, b in itertools.pairwise(later)]
@@ -32,9 +32,9 @@ def test_reservations_are_spaced_at_the_rate_after_the_burst(redis_client: redis
 def test_names_are_independent(redis_client: redis.Redis) -> None:
     limiter = RateLimiter(redis_client)
     rate = Rate(1, 60)  # burst 2
-    assert limiter.reserve("exotel:a", rate) == limiter.reserve("exotel:a", rate) == 0
-    assert limiter.reserve("exotel:b", rate) == 0
-    assert limiter.reserve("exotel:a", rate) > 50
+    assert limiter.take("exotel:a", rate, "j1") == limiter.take("exotel:a", rate, "j2") == 0
+    assert limiter.take("exotel:b", rate, "j3") == 0
+    assert limiter.take("exotel:a", rate, "j4") > 50
 
 
 def test_block_empties_the_bucket_for_everyone(redis_client: redis.Redis) -> None:
@@ -42,7 +42,7 @@ def test_block_empties_the_bucket_for_everyone(redis_client: redis.Redis) -> Non
     rate = Rate(100, 1)
     limiter.block("exotel:acme", 2.0)
     assert 1.8 < limiter.acquire("exotel:acme", rate) <= 2.0
-    assert limiter.reserve("exotel:acme", rate) >= 1.8
+    assert limiter.take("exotel:acme", rate, "j1") >= 1.8
     assert limiter.acquire("exotel:other", rate) == 0
 
 
@@ -55,3 +55,16 @@ def test_the_gate_is_strict(redis_client: redis.Redis) -> None:
     assert 0.05 < wait <= 0.1  # refused, told how long
     limiter.block("exotel:g", 1.0)
     assert limiter.acquire("exotel:g", rate) > 0.9
+
+
+def test_a_deferred_job_keeps_its_slot(redis_client: redis.Redis) -> None:
+    limiter = RateLimiter(redis_client)
+    rate = Rate(10, 1)  # burst 2, slots ~0.1 s apart
+    assert limiter.take("x", rate, "a") == limiter.take("x", rate, "b") == 0
+    wait = limiter.take("x", rate, "c")
+    assert wait > 0  # told its slot
+    assert limiter.take("x", rate, "d") > wait  # the next one is behind it
+    assert 0 < limiter.take("x", rate, "c") <= wait  # asking again keeps the same slot
+    time.sleep(wait + 0.01)
+    assert limiter.take("x", rate, "c") == 0  # its turn
+    assert not redis_client.hexists("c", "slot:x")
