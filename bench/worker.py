@@ -41,10 +41,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
+import requests
 
 from bench.common import (
     Child,
     PrivateRedis,
+    free_port,
     interrupts_as_keyboard,
     leader_cpu,
     machine,
@@ -56,7 +58,7 @@ from bench.common import (
 from worker import keys, ledger
 from worker.callbacks import CallbackEvent, event_from_fields
 from worker.intake import Intake
-from worker.simulator import SimulatorConfig, SimulatorServer, start_in_thread
+from worker.simulator import SimulatorConfig
 
 RATIO_GOAL = 0.5
 POLL = 0.01  # seconds between completion checks (ZCARD / GET: negligible load)
@@ -69,7 +71,7 @@ class Cpu:
     main: float  # Celery's consumer: broker I/O, and for ours the job pump's publishing
     pool: float  # the task bodies
     redis: float
-    bench: float  # booking or publishing, polling, and (ours) the in-process simulator
+    bench: float  # booking or publishing, polling, and (ours) the simulator process
 
     @classmethod
     def sample(cls, worker: Child, store: PrivateRedis) -> Cpu:
@@ -209,17 +211,47 @@ def terminal_event(call_sid: str) -> CallbackEvent:
     )
 
 
+class SimulatorProcess:
+    """``exolegs simulate`` in its own process (gunicorn, keep-alive, as Exotel is)."""
+
+    def __init__(self, work: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.child = Child(
+            "exolegs simulate",
+            [sys.executable, "-m", "worker.cli", "simulate", "--port", str(self.port)],
+            {},
+            work / "simulator.log",
+        )
+        wait_until(self._up, "the simulator to listen", child=self.child)
+
+    def _up(self) -> bool:
+        try:
+            return requests.get(f"{self.url}/_sim/requests", timeout=1).ok
+        except requests.RequestException:
+            return False
+
+    def reset(self) -> None:
+        requests.post(f"{self.url}/_sim/reset", timeout=5).raise_for_status()
+
+    def total(self) -> int:
+        return int(requests.get(f"{self.url}/_sim/requests", timeout=5).json()["total"])
+
+    def shutdown(self) -> None:
+        self.child.stop()
+
+
 def run_ours(
     n: int,
     args: argparse.Namespace,
     env: dict[str, str],
     store: PrivateRedis,
-    sim: SimulatorServer,
+    sim: SimulatorProcess,
     work: Path,
 ) -> Run:
     client = store.client()
     client.flushall()  # our private server, no worker running
-    sim.state.reset()
+    sim.reset()
     intake = Intake(client, retention_seconds=3600, fetch_delay=0.0)
     sink = "null" if args.sink == "null" else "jsonl"
     tag = secrets.token_hex(3)
@@ -256,7 +288,7 @@ def run_ours(
         pipe.hget(keys.ledger(sid), sink)
     missing = sum(1 for state in pipe.execute() if state is None or state.startswith(b"pending"))
     dead = client.zcard(keys.DEAD)
-    fetched = sim.state.requests()["total"] - len(warm)
+    fetched = sim.total() - len(warm)
     if missing or dead or fetched != args.calls:
         raise RuntimeError(
             f"ours did not finish the work: {missing} calls without a ledger entry, "
@@ -400,19 +432,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"$ {shlex.join([Path(sys.executable).name, *sys.argv])}")
     with interrupts_as_keyboard(), workdir("exolegs-bench-worker-", args.keep) as work:
         store = PrivateRedis(work)
-        sim: SimulatorServer | None = None
+        sim: SimulatorProcess | None = None
         try:
             print(machine(store.version()))
             drift = check_same_celery_settings(store.url)
             if drift:
                 print("WARNING: the no-op app's Celery settings differ from exolegs':")
                 print("\n".join(f"  {d}" for d in drift))
-            sim, sim_url = start_in_thread(SimulatorConfig())
-            env = exolegs_env(args, store.url, sim_url, work)
+            sim = SimulatorProcess(work)
+            env = exolegs_env(args, store.url, sim.url, work)
             print(
                 f"pool {args.pool} x {args.concurrency}; {args.calls} calls or no-op tasks per "
-                f"run; sink {args.sink}://; simulator in-process, no latency; Redis AOF "
-                f"everysec; worker log level {args.log_level}",
+                f"run; sink {args.sink}://; simulator in its own process (gunicorn, "
+                f"keep-alive), no latency; Redis AOF everysec; worker log level {args.log_level}",
                 flush=True,
             )
             runs: list[Run] = []

@@ -44,9 +44,10 @@ return due
 """
 
 
-# Starting a job in one round trip. KEYS: jobs zset, job hash, lock. ARGV: lease, now.
-# Returns {} when the job is no longer booked (a stale message), {0} when another
-# copy holds the lock, else {attempt, force}.
+# Starting a job in one round trip. KEYS: jobs zset, job hash, lock, the circuit
+# of the upstream it calls. ARGV: lease, now, job id. Returns {} when the job is
+# no longer booked (a stale message), {0} when another copy holds the lock, else
+# {attempt, force, circuit open}.
 _BEGIN = """
 if not redis.call('ZSCORE', KEYS[1], ARGV[3]) then return {} end
 if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[1]) then return {0} end
@@ -54,7 +55,7 @@ local attempt = redis.call('HINCRBY', KEYS[2], 'attempts', 1)
 redis.call('HSETNX', KEYS[2], 'first_attempt', ARGV[2])
 redis.call('HSET', KEYS[2], 'last_attempt', ARGV[2])
 local force = redis.call('HGET', KEYS[2], 'force') or ''
-return {attempt, force}
+return {attempt, force, redis.call('EXISTS', KEYS[4])}
 """
 
 # Finishing a job: out of the book, its state and lock gone. KEYS: jobs, hash, lock.
@@ -69,6 +70,7 @@ return 1
 class Started:
     attempt: int
     force: bool
+    circuit_open: bool = False
 
 
 def fetch_id(call_sid: str) -> str:
@@ -126,15 +128,16 @@ class JobBook:
     def pending(self, job_id: str) -> bool:
         return self.redis.zscore(keys.JOBS, job_id) is not None
 
-    def begin(self, job_id: str) -> Started | str:
+    def begin(self, job_id: str, circuit: str | None = None) -> Started | str:
         """Start a run: "stale" if the job is no longer booked, "busy" if it runs elsewhere.
 
         Otherwise the job is locked (one copy at a time, even if a stale
-        message turns up) and its attempt is counted.
+        message turns up), its attempt is counted, and the state of the
+        ``circuit`` of the upstream it will call comes back with it.
         """
         lock = f"{keys.job(job_id)}:lock"
         raw = self._begin(
-            keys=[keys.JOBS, keys.job(job_id), lock],
+            keys=[keys.JOBS, keys.job(job_id), lock, keys.circuit(circuit or "-")],
             args=[int(self.lease_seconds), f"{time.time():.3f}", job_id],
         )
         if not raw:
@@ -142,7 +145,7 @@ class JobBook:
         if len(raw) == 1:
             return "busy"
         force = raw[1].decode() if isinstance(raw[1], bytes) else str(raw[1])
-        return Started(int(raw[0]), force == "1")
+        return Started(int(raw[0]), force == "1", bool(circuit) and bool(raw[2]))
 
     def finish(self, job_id: str) -> None:
         """Done: out of the book, with its attempts and lock."""

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from worker import jobs, keys, ledger
 from worker.errors import ConfigFaultError, Deferred, PermanentError
 from worker.intake import CALLBACK_FIELDS, parse_callback
+from worker.jobs import JobId
 from worker.settings import Rate
 
 if TYPE_CHECKING:
@@ -65,17 +66,24 @@ def build_call_record(
 
 
 def call_upstream(
-    rt: Runtime, job_id: str, name: str, rate: Rate | None, call: Callable[[], T]
+    rt: Runtime,
+    job_id: str,
+    name: str,
+    rate: Rate | None,
+    call: Callable[[], T],
+    *,
+    circuit_open: bool | None = None,
 ) -> T:
     """Call an upstream (Exotel, a sink) through its circuit and its rate limit.
 
     While the upstream's circuit is open (our credentials or account are
     wrong), the job is parked instead of calling, except for the one probe
     per CIRCUIT_PROBE_SECONDS; a probe that works closes the circuit.
+    ``circuit_open`` is what the job saw when it started (None: look now).
     """
     circuit = rt.circuit(name)
     probing = False
-    if circuit.is_open():
+    if circuit.is_open() if circuit_open is None else circuit_open:
         if not circuit.try_probe():
             circuit.park(job_id)
             reason = (circuit.state() or {}).get("reason", "configuration fault")
@@ -101,7 +109,12 @@ def call_upstream(
     return result
 
 
-def fetch_call(rt: Runtime, call_sid: str) -> CallRecord:
+def upstream_of(rt: Runtime, job: JobId) -> str:
+    """The name of the upstream a job calls: its circuit and rate limit."""
+    return rt.exotel_limit_name if job.kind == jobs.FETCH else f"sink:{job.sink}"
+
+
+def fetch_call(rt: Runtime, call_sid: str, *, circuit_open: bool | None = None) -> CallRecord:
     """Fetch the legs once, keep the record, and book one delivery per sink."""
     pipe = rt.redis.pipeline(transaction=False)
     pipe.get(keys.record(call_sid))
@@ -116,6 +129,7 @@ def fetch_call(rt: Runtime, call_sid: str) -> CallRecord:
             rt.exotel_limit_name,
             rt.settings.exotel_rate_limit,
             lambda: rt.exotel.fetch_legs(call_sid),
+            circuit_open=circuit_open,
         )
         record = build_call_record(rt, body, parse_callback(raw_callback))
     # The record and its deliveries in one round trip; a sink that already has
@@ -133,7 +147,14 @@ def fetch_call(rt: Runtime, call_sid: str) -> CallRecord:
     return record
 
 
-def deliver_call(rt: Runtime, call_sid: str, sink_name: str, *, force: bool = False) -> bool:
+def deliver_call(
+    rt: Runtime,
+    call_sid: str,
+    sink_name: str,
+    *,
+    force: bool = False,
+    circuit_open: bool | None = None,
+) -> bool:
     """Deliver the stored record to one sink; True when it was delivered now."""
     sink = rt.sinks.get(sink_name)
     if sink is None:
@@ -155,6 +176,7 @@ def deliver_call(rt: Runtime, call_sid: str, sink_name: str, *, force: bool = Fa
         lambda: ledger.deliver_once(
             rt.redis, sink, record, retention_seconds=rt.settings.retention_seconds, force=force
         ),
+        circuit_open=circuit_open,
     )
 
 

@@ -560,19 +560,38 @@ def serve(
     *,
     ready: Callable[[str], None] | None = None,
 ) -> None:
-    """Serve the simulator until interrupted (threaded, no access log).
+    """Serve the simulator under gunicorn until interrupted (no access log).
 
-    ``ready`` is called with the base URL once the socket is listening.
+    One worker process (the simulator's state lives there) with threads and
+    keep-alive, as Exotel's own API behaves; werkzeug's server, which
+    ``start_in_thread`` uses for tests, closes every connection. ``ready``
+    is called with the base URL once the socket is listening.
     """
-    server, _app = _make_server(config, host, port)
-    try:
-        if ready is not None:
-            ready(f"http://{_url_host(host)}:{server.server_port}")
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    from gunicorn.app.base import BaseApplication
+
+    app = create_app(config)
+    options: dict[str, Any] = {
+        "bind": f"{host}:{port}",
+        "workers": 1,
+        "worker_class": "gthread",
+        "threads": 16,
+        "keepalive": 75,
+        "loglevel": "warning",
+        "when_ready": (lambda _server: ready(f"http://{_url_host(host)}:{port}"))
+        if ready is not None
+        else None,
+    }
+
+    class _Gunicorn(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            for key, value in options.items():
+                if value is not None:
+                    self.cfg.set(key, value)
+
+        def load(self) -> Flask:
+            return app
+
+    _Gunicorn().run()
 
 
 def start_in_thread(

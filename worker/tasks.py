@@ -61,16 +61,22 @@ def run_batch(rt: Runtime, batch: list[JobId]) -> list[str]:
 def execute(rt: Runtime, job: JobId) -> str:
     """Run one job once; returns what happened (for logs and tests)."""
     job_id = str(job)
-    started = rt.book.begin(job_id)
+    started = rt.book.begin(job_id, pipeline.upstream_of(rt, job))
     if isinstance(started, str):
         return started  # "stale": finished already; "busy": another copy runs it
     context = f"call={job.call_sid} job={job_id}"
     attempt = started.attempt
     try:
         if job.kind == jobs.FETCH:
-            pipeline.fetch_call(rt, job.call_sid)
+            pipeline.fetch_call(rt, job.call_sid, circuit_open=started.circuit_open)
         else:
-            pipeline.deliver_call(rt, job.call_sid, job.sink or "", force=started.force)
+            pipeline.deliver_call(
+                rt,
+                job.call_sid,
+                job.sink or "",
+                force=started.force,
+                circuit_open=started.circuit_open,
+            )
     except Deferred as wait:
         rt.book.undo_attempt(job_id)
         rt.book.reschedule(job_id, wait.delay)
