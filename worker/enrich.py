@@ -191,7 +191,7 @@ def _leg(
         "name": _text(raw.get("name")),
         "contact_uri": contact_uri,
         "kind": kind,
-        "phone_e164": _e164(contact_uri, country) if kind == "pstn" else None,
+        "phone_e164": to_e164(contact_uri, country) if kind == "pstn" else None,
         "status": _lower(raw.get("status")),
         "group_id": _text(raw.get("group_id")),
         "group_name": _text(raw.get("group_name")),
@@ -239,7 +239,7 @@ def _kind(contact_uri: str | None) -> str | None:
     return "pstn"
 
 
-def _e164(contact_uri: str | None, country: str) -> str | None:
+def to_e164(contact_uri: str | None, country: str) -> str | None:
     """E.164 for a real, valid phone number; null for masked or odd ones."""
     if contact_uri is None:
         return None

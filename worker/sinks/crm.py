@@ -36,6 +36,7 @@ import phonenumbers
 import requests
 
 from worker import keys
+from worker.enrich import to_e164
 from worker.errors import (
     ConfigFaultError,
     ExolegsError,
@@ -226,7 +227,7 @@ def normalise_agent_key(value: str, default_country: str) -> str | None:
         return "sip:" + lowered.split(":", 1)[1]
     if "@" in text:
         return "sip:" + lowered
-    number = parse_phone(text, default_country)
+    number = to_e164(text, default_country)
     if number is not None:
         return number
     return "name:" + " ".join(text.split()).casefold()
@@ -374,23 +375,6 @@ def _parse_agents_text(text: str, path: Path) -> list[tuple[str, str]]:
 
 
 # --------------------------------------------------------------------- phones
-def parse_phone(text: str | None, default_country: str) -> str | None:
-    """E.164 for something that looks like a valid phone number, else None."""
-    if not text:
-        return None
-    value = text.strip()
-    if value[:4].lower() == "tel:":
-        value = value[4:]
-    if not re.fullmatch(r"\+?[0-9()\-. ]{4,40}", value):
-        return None
-    try:
-        number = phonenumbers.parse(value, default_country or None)
-    except phonenumbers.NumberParseException:
-        return None
-    if not phonenumbers.is_valid_number(number):
-        return None
-    formatted: str = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-    return formatted
 
 
 @dataclass(frozen=True)
@@ -418,7 +402,7 @@ class PhoneFormats:
 
 
 def phone_formats(text: str | None, default_country: str) -> PhoneFormats | None:
-    e164 = parse_phone(text, default_country)
+    e164 = to_e164(text, default_country)
     if e164 is None:
         return None
     number = phonenumbers.parse(e164, None)
