@@ -88,32 +88,18 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- one-shots
 def cmd_fetch(args: argparse.Namespace) -> int:
-    from datetime import UTC, datetime
-
-    from worker.enrich import build_record, leg_details_of
-    from worker.exotel import ExotelClient
+    from worker.intake import terminal_callback
+    from worker.pipeline import build_call_record
+    from worker.runtime import Runtime
 
     if not CALL_SID_RE.fullmatch(args.call_sid):
         raise SettingsError("CALL_SID", "must be letters, digits, '_' or '-' (at most 64)")
-    settings = _settings()
-    callback: dict[str, Any] = {}
-    direction = status = None
+    rt = Runtime(_settings())
     try:
-        from worker.intake import terminal_callback
-        from worker.runtime import connect
-
-        callback, status, direction = terminal_callback(connect(settings.redis_url), args.call_sid)
-    except Exception:  # noqa: BLE001, S110 - the callback is optional for a manual fetch
-        pass
-    body = ExotelClient(settings).fetch_legs(args.call_sid)
-    record = build_record(
-        leg_details_of(body),
-        callback,
-        default_country=settings.default_country,
-        fetched_at=datetime.now(UTC),
-        direction=direction,
-        status=status,
-    )
+        callback = terminal_callback(rt.redis, args.call_sid)
+    except RedisError:
+        callback = ({}, None, None)  # the callback is optional for a manual fetch
+    record = build_call_record(rt, rt.exotel.fetch_legs(args.call_sid), callback)
     print(json.dumps(record, indent=2, ensure_ascii=False))
     return 0
 

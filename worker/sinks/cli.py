@@ -44,10 +44,6 @@ def list_sinks() -> list[dict[str, str]]:
     return rows
 
 
-def _secrets(settings: Settings) -> list[str]:
-    return settings.secrets()
-
-
 def _describe(err: BaseException) -> str:
     if isinstance(err, ExolegsError):
         kind = "retryable" if err.retryable else "not retryable"
@@ -73,7 +69,7 @@ def check_sinks(settings: Settings, redis: Redis | None = None) -> list[tuple[st
     """
     from worker.sinks.base import SinkContext
 
-    secrets = _secrets(settings)
+    secrets = settings.secrets()
 
     def clean(text: str) -> str:
         return scrub(text, secrets)
