@@ -233,6 +233,8 @@ class _Arr:
 
 def _split_key(key: str) -> list[str]:
     """``Legs[0][Status]`` -> ``["Legs", "0", "Status"]``; anything else stays one key."""
+    if "[" not in key:
+        return [key]
     match = _NESTED_KEY_RE.fullmatch(key)
     if match is None:
         return [key]
@@ -279,6 +281,11 @@ def _expand(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
     root: dict[str, Any] = {}
     nested = False
     for key, value in pairs:
+        if "[" not in key:  # the common, flat case
+            if isinstance(root.get(key), dict | _Arr):
+                raise _conflict(key)
+            root[key] = value
+            continue
         path = _split_key(key)
         nested = nested or len(path) > 1
         node: dict[str, Any] | _Arr = root

@@ -18,24 +18,27 @@ if TYPE_CHECKING:
 
     from worker.callbacks import CallbackEvent
 
-# KEYS: seen, call hash, fetch-once, jobs. ARGV: retention, callback json,
-# terminal, fetch job id, delay, event key, direction.
+# KEYS: call hash, jobs. ARGV: retention, callback json, terminal, fetch job id,
+# delay, event key, direction. Everything about a call lives in its one hash:
+# "seen:<event>" marks each event once, "fetch" that its legs fetch was booked,
+# "terminal" holds the terminal callback, "event:<event>" any other one.
 # Returns 0 duplicate, 1 accepted, 2 accepted and a fetch was booked.
 _ACCEPT = """
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
+if redis.call('HSETNX', KEYS[1], 'seen:' .. ARGV[6], '1') == 0 then return 0 end
 local result = 1
-redis.call('HSET', KEYS[2], 'event:' .. ARGV[6], ARGV[2])
-if ARGV[7] ~= '' then redis.call('HSETNX', KEYS[2], 'direction', ARGV[7]) end
+if ARGV[7] ~= '' then redis.call('HSETNX', KEYS[1], 'direction', ARGV[7]) end
 if ARGV[3] == '1' then
-  redis.call('HSET', KEYS[2], 'terminal', ARGV[2])
-  if redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[1]) then
+  redis.call('HSET', KEYS[1], 'terminal', ARGV[2])
+  if redis.call('HSETNX', KEYS[1], 'fetch', '1') == 1 then
     local t = redis.call('TIME')
     local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-    redis.call('ZADD', KEYS[4], 'NX', now + tonumber(ARGV[5]), ARGV[4])
+    redis.call('ZADD', KEYS[2], 'NX', now + tonumber(ARGV[5]), ARGV[4])
     result = 2
   end
+else
+  redis.call('HSET', KEYS[1], 'event:' .. ARGV[6], ARGV[2])
 end
-redis.call('EXPIRE', KEYS[2], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
 return result
 """
 
@@ -62,12 +65,7 @@ class Intake:
         )
         result = int(
             self._accept(
-                keys=[
-                    keys.seen(event.dedupe_key),
-                    keys.call(sid),
-                    keys.fetch_once(sid),
-                    keys.JOBS,
-                ],
+                keys=[keys.call(sid), keys.JOBS],
                 args=[
                     self.retention_seconds,
                     payload,

@@ -5,22 +5,9 @@ from __future__ import annotations
 PREFIX = "exolegs"
 
 
-def seen(dedupe_key: str) -> str:
-    """Set once per (call, event): a repeat of the same callback is a duplicate.
-
-    The dedupe key (worker.callbacks.CallbackEvent.dedupe_key) starts with the call sid.
-    """
-    return f"{PREFIX}:seen:{dedupe_key}"
-
-
 def call(call_sid: str) -> str:
-    """Hash with the callback(s) received for a call."""
+    """Hash of everything received for a call: events seen, callbacks, whether a fetch is booked."""
     return f"{PREFIX}:call:{call_sid}"
-
-
-def fetch_once(call_sid: str) -> str:
-    """Set when a call's legs fetch was scheduled: one fetch per call."""
-    return f"{PREFIX}:fetchonce:{call_sid}"
 
 
 def record(call_sid: str) -> str:

@@ -165,7 +165,7 @@ def deliver_call(
     record = load_record(rt, call_sid)
     if record is None:
         # Past retention, or a replay long after: fetch again; the fetch books deliveries.
-        rt.redis.delete(keys.fetch_once(call_sid))
+        rt.redis.hdel(keys.call(call_sid), "fetch")
         rt.book.schedule(jobs.fetch_id(call_sid))
         return False
     return call_upstream(
