@@ -54,6 +54,7 @@ from worker.sinks.crm import (
     utc_text,
 )
 
+METADATA_PATH = "/v2/LeadManagement.svc/LeadsMetaData.Get"
 LOG_CALL_PATH = "/v2/Telephony.svc/LogCall"
 DEFAULT_RETRY_AFTER = 5.0  # the documented window is 5 s
 
@@ -83,6 +84,7 @@ class LeadSquaredSink(CrmSink):
                 "SINKS", f"leadsquared:// scheme must be https or http, not {scheme!r}"
             )
         self.endpoint = f"{scheme}://{host}{LOG_CALL_PATH}"
+        self.metadata_url = f"{scheme}://{host}{METADATA_PATH}"
 
     def _number(self, value: str | None) -> str | None:
         """``+91-9876543210`` for a phone number; a SIP address as it is."""
@@ -169,10 +171,25 @@ class LeadSquaredSink(CrmSink):
         return None  # LeadSquared has no API to find a call log by CallSessionId
 
     def check(self) -> str:
-        return (
-            f"configuration parsed; call logs go to {urlsplit(self.endpoint).netloc} "
-            "(LeadSquared has no read-only telephony endpoint to probe)"
+        """One harmless authenticated read: the lead fields (LeadsMetaData.Get)."""
+        response = self.http.request(
+            "GET",
+            self.metadata_url,
+            what="the lead metadata check",
+            headers={"x-LSQ-AccessKey": self.access_key, "x-LSQ-SecretKey": self.secret_key},
         )
+        host = urlsplit(self.endpoint).netloc
+        if response.status_code == 401:
+            raise ConfigFaultError(
+                f"LeadSquared at {host} refused access_key/secret_key: check them and the API host"
+            )
+        if response.status_code >= 300:
+            raise TransientError(
+                f"LeadSquared at {host} answered {response.status_code} to a metadata read"
+            )
+        fields = response_json(response)
+        count = len(fields) if isinstance(fields, list) else 0
+        return f"authenticated at {host} ({count} lead fields); call logs go to {LOG_CALL_PATH}"
 
 
 def _raw_customer(record: CallRecord) -> str | None:

@@ -197,6 +197,18 @@ def test_bad_urls_are_settings_errors(settings: Settings) -> None:
         )
 
 
-def test_check_says_what_it_can(make_sink: MakeSink, lsq: FakeLeadSquared) -> None:
+def test_check_makes_one_authenticated_read(make_sink: MakeSink, lsq: FakeLeadSquared) -> None:
     said = make_sink().check()
-    assert lsq.host in said and lsq.secret_key not in said
+    assert lsq.host in said and "2 lead fields" in said and lsq.secret_key not in said
+    assert lsq.logs == []  # nothing was written
+
+
+def test_check_reports_wrong_keys(
+    make_sink: MakeSink, lsq: FakeLeadSquared, settings: Settings
+) -> None:
+    bad = LeadSquaredSink(
+        f"leadsquared://{lsq.host}?access_key=wrong&secret_key=wrong&scheme=http",
+        SinkContext(settings),
+    )
+    with pytest.raises(ConfigFaultError, match="access_key/secret_key"):
+        bad.check()

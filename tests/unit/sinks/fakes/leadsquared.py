@@ -58,7 +58,11 @@ class FakeLeadSquared(FakeServer):
             return [log for log in self.logs if log.get("CallSessionId") == call_sid]
 
     def handle(self, seen: Seen) -> Reply:
-        if (seen.method, seen.path) != ("POST", "/v2/Telephony.svc/LogCall"):
+        routes = {
+            ("POST", "/v2/Telephony.svc/LogCall"),
+            ("GET", "/v2/LeadManagement.svc/LeadsMetaData.Get"),
+        }
+        if (seen.method, seen.path) not in routes:
             return Reply(404, lsq_error("MXAPINotFoundException", "The API could not be found."))
         access = seen.headers.get("x-lsq-accesskey") or seen.query.get("accessKey")
         secret = seen.headers.get("x-lsq-secretkey") or seen.query.get("secretKey")
@@ -69,6 +73,14 @@ class FakeLeadSquared(FakeServer):
                     "MXUnAuthorizedAccessException",
                     "Invalid Access Key or Secret Key. Please check the API host for your account.",
                 ),
+            )
+        if seen.method == "GET":  # the lead fields: an array of {SchemaName, DisplayName, ...}
+            return Reply(
+                200,
+                [
+                    {"SchemaName": "ProspectID", "DisplayName": "Lead Id", "DataType": "String"},
+                    {"SchemaName": "Phone", "DisplayName": "Phone Number", "DataType": "Phone"},
+                ],
             )
         self.expect(
             seen.headers.get("content-type", "").startswith("application/json"),
