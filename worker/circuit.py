@@ -25,6 +25,18 @@ log = logging.getLogger("exolegs.circuit")
 
 PROBE_INTERVAL = 60
 
+# KEYS: circuit, parked set, probe, shouted, failures, jobs. Returns how many
+# parked jobs were released, or -1 when the circuit was not open.
+_CLOSE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local parked = redis.call('SMEMBERS', KEYS[2])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+for _, id in ipairs(parked) do redis.call('ZADD', KEYS[6], 'XX', now, id) end
+return #parked
+"""
+
 
 class Circuit:
     def __init__(self, redis: Redis, name: str, *, probe_interval: int = PROBE_INTERVAL) -> None:
@@ -32,6 +44,7 @@ class Circuit:
         self.name = name
         self.key = keys.circuit(name)
         self.probe_interval = probe_interval
+        self._close = redis.register_script(_CLOSE)
 
     def state(self) -> dict[str, Any] | None:
         raw = self.redis.get(self.key)
@@ -60,24 +73,47 @@ class Circuit:
         return bool(self.redis.set(f"{self.key}:shouted", "1", nx=True, ex=60))
 
     def close(self, book: JobBook) -> int:
-        """Close after a successful probe; parked jobs become due now."""
-        if not self.redis.exists(self.key):
-            return 0
-        parked = [
-            p.decode() if isinstance(p, bytes) else p
-            for p in self.redis.smembers(f"{self.key}:parked")
-        ]
-        for job_id in parked:
-            book.reschedule(job_id, 0)
-        self.redis.delete(
-            self.key, f"{self.key}:parked", f"{self.key}:probe", f"{self.key}:shouted"
+        """Close after a successful probe; parked jobs become due now.
+
+        The circuit goes first and the release after, in one Lua call, so no
+        released job can start, still see the circuit open and park again.
+        """
+        raw = self._close(
+            keys=[
+                self.key,
+                f"{self.key}:parked",
+                f"{self.key}:probe",
+                f"{self.key}:shouted",
+                f"{self.key}:failures",
+                keys.JOBS,
+            ],
         )
-        log.warning(
-            "circuit %s closed: a probe succeeded; %d parked job(s) released",
-            self.name,
-            len(parked),
-        )
-        return len(parked)
+        released = int(raw)
+        if released >= 0:
+            log.warning(
+                "circuit %s closed: a probe succeeded; %d parked job(s) released",
+                self.name,
+                released,
+            )
+        return max(0, released)
+
+    def failed(self, reason: str, threshold: int) -> bool | None:
+        """Count one more failure in a row.
+
+        None while under ``threshold``; at or over it the circuit is (kept)
+        open and, as with :meth:`open`, True means it is time to shout.
+        """
+        key = f"{self.key}:failures"
+        pipe = self.redis.pipeline()
+        pipe.incr(key)
+        pipe.expire(key, max(300, self.probe_interval * 5))
+        count = int(pipe.execute()[0])
+        if count < threshold:
+            return None
+        return self.open(f"{count} failures in a row, the last: {reason}")
+
+    def succeeded(self) -> None:
+        self.redis.delete(f"{self.key}:failures")
 
 
 def open_circuits(redis: Redis) -> dict[str, dict[str, Any]]:
@@ -85,7 +121,7 @@ def open_circuits(redis: Redis) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for key in redis.scan_iter(match=keys.circuit("*")):
         name = key.decode() if isinstance(key, bytes) else key
-        if any(name.endswith(s) for s in (":probe", ":parked", ":shouted")):
+        if name.endswith((":probe", ":parked", ":shouted", ":failures")):
             continue
         raw = redis.get(name)
         if raw:

@@ -45,12 +45,18 @@ return due
 
 
 # Starting a job in one round trip. KEYS: jobs zset, job hash, lock, the circuit
-# of the upstream it calls. ARGV: lease, now, job id. Returns {} when the job is
+# of the upstream it calls. ARGV: lease, now, job id. The lock lasts until the
+# job's lease ends (its score after the claim), so if this run dies the copy the
+# pump sends when the lease runs out finds the lock gone, not "busy". Returns {} when the job is
 # no longer booked (a stale message), {0} when another copy holds the lock, else
 # {attempt, force, circuit open}.
 _BEGIN = """
-if not redis.call('ZSCORE', KEYS[1], ARGV[3]) then return {} end
-if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[1]) then return {0} end
+local score = redis.call('ZSCORE', KEYS[1], ARGV[3])
+if not score then return {} end
+local t = redis.call('TIME')
+local ttl = math.ceil(tonumber(score) - tonumber(t[1]))
+if ttl < 1 or ttl > tonumber(ARGV[1]) then ttl = tonumber(ARGV[1]) end
+if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ttl) then return {0} end
 local attempt = redis.call('HINCRBY', KEYS[2], 'attempts', 1)
 redis.call('HSETNX', KEYS[2], 'first_attempt', ARGV[2])
 redis.call('HSET', KEYS[2], 'last_attempt', ARGV[2])

@@ -16,12 +16,20 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from worker import jobs, keys, ledger
-from worker.errors import ConfigFaultError, Deferred, PermanentError
+from worker.errors import (
+    ConfigFaultError,
+    Deferred,
+    ExolegsError,
+    PermanentError,
+    RateLimitedError,
+    TransientError,
+)
 from worker.intake import CALLBACK_FIELDS, parse_callback
 from worker.jobs import JobId
 from worker.settings import Rate
 
 if TYPE_CHECKING:
+    from worker.circuit import Circuit
     from worker.runtime import Runtime
     from worker.sinks.base import CallRecord
 
@@ -65,6 +73,12 @@ def build_call_record(
     )
 
 
+# A sink that fails this many times in a row (timeouts, 5xx) is treated like a
+# sink that rejects our credentials: its deliveries park behind its circuit, so
+# a hanging CRM cannot fill the worker pool and hold up the other sinks.
+SINK_FAILURES_TO_OPEN = 5
+
+
 def call_upstream(
     rt: Runtime,
     job_id: str,
@@ -77,15 +91,18 @@ def call_upstream(
     """Call an upstream (Exotel, a sink) through its circuit and its rate limit.
 
     While the upstream's circuit is open (our credentials or account are
-    wrong), the job is parked instead of calling, except for the one probe
-    per CIRCUIT_PROBE_SECONDS; a probe that works closes the circuit.
-    ``circuit_open`` is what the job saw when it started (None: look now).
+    wrong, or a sink keeps failing), the job is parked instead of calling,
+    except for the one probe per CIRCUIT_PROBE_SECONDS; a probe that works
+    closes the circuit. ``circuit_open`` is what the job saw when it
+    started (None: look now).
     """
     circuit = rt.circuit(name)
     probing = False
     if circuit.is_open() if circuit_open is None else circuit_open:
         if not circuit.try_probe():
             circuit.park(job_id)
+            if not circuit.is_open():  # it closed while we parked: go again now
+                raise Deferred(0, f"{name} circuit just closed")
             reason = (circuit.state() or {}).get("reason", "configuration fault")
             raise Deferred(circuit.park_delay(), f"parked: {name} circuit open ({reason})")
         probing = True
@@ -94,19 +111,32 @@ def call_upstream(
     try:
         result = call()
     except ConfigFaultError as err:
-        circuit.park(job_id)
-        if circuit.open(err.message):
-            log.error(
-                "%s (%s circuit open: work is parked, one probe every %ds until it works)",
-                err.message,
-                name,
-                circuit.probe_interval,
-            )
-            _sentry(err)
+        _trip(circuit, job_id, err, shout=circuit.open(err.message))
+        raise
+    except TransientError as err:
+        if name.startswith("sink:") and not isinstance(err, RateLimitedError):
+            shout = circuit.failed(err.message, SINK_FAILURES_TO_OPEN)
+            if shout is not None:
+                _trip(circuit, job_id, err, shout=shout)
         raise
     if probing:
         circuit.close(rt.book)
+    elif name.startswith("sink:"):
+        circuit.succeeded()
     return result
+
+
+def _trip(circuit: Circuit, job_id: str, err: ExolegsError, *, shout: bool) -> None:
+    """Park this job behind the open circuit and say so (at most once a minute)."""
+    circuit.park(job_id)
+    if shout:
+        log.error(
+            "%s (%s circuit open: work is parked, one probe every %ds until it works)",
+            err.message,
+            circuit.name,
+            circuit.probe_interval,
+        )
+        _sentry(err)
 
 
 def upstream_of(rt: Runtime, job: JobId) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -176,3 +177,43 @@ def test_sink_with_bad_credentials_is_parked_behind_its_circuit(make_rt) -> None
         run_due(rt)
     assert open_circuits(rt.redis) == {}
     assert {r["call_sid"] for r in MemorySink.records("crm")} == {"sc0", "sc1", "sc2"}
+
+
+def test_a_sink_that_keeps_failing_is_parked_behind_its_circuit(make_rt) -> None:  # type: ignore[no-untyped-def]
+    rt = make_rt(SINKS="memory://down?fail=1000 memory://ok", RETRY_MAX_ATTEMPTS="100")
+    for n in range(8):
+        accept(rt, f"hang{n}")
+    run_due(rt)  # fetches
+    outcomes = run_due(rt)  # 16 deliveries: 8 fine, 8 to the failing sink
+    assert outcomes.count("done") == 8
+    assert "sink:memory" in open_circuits(rt.redis)
+    assert MemorySink.attempts["down"] == 5  # the circuit opened at the 5th failure in a row
+    # everything comes due again: the failing sink is not called, except one probe
+    pending = rt.redis.zrange(keys.JOBS, 0, -1)
+    rt.redis.zadd(keys.JOBS, dict.fromkeys(pending, 0))
+    run_due(rt)
+    assert MemorySink.attempts["down"] <= 6
+    assert len(MemorySink.records("ok")) == 8
+
+
+def test_closing_a_circuit_releases_every_parked_job_at_once(make_rt) -> None:  # type: ignore[no-untyped-def]
+    rt = make_rt()
+    circuit = rt.circuit("exotel:exotel_sim")
+    circuit.open("401/1010")
+    for n in range(5):
+        rt.book.schedule(f"fetch:p{n}", delay=3600)
+        circuit.park(f"fetch:p{n}")
+    assert circuit.close(rt.book) == 5
+    assert not circuit.is_open()
+    assert len(rt.book.claim()) == 5  # all due now
+    assert circuit.close(rt.book) == 0  # closing a closed circuit does nothing
+
+
+def test_a_dead_runs_lock_ends_with_the_jobs_lease(make_rt) -> None:  # type: ignore[no-untyped-def]
+    rt = make_rt(JOB_LEASE_SECONDS="30")
+    rt.book.schedule("fetch:lease")
+    rt.book.claim()  # the pump leases it for 30 s
+    rt.redis.zadd(keys.JOBS, {"fetch:lease": time.time() + 10})  # 20 s of it have passed
+    rt.book.begin("fetch:lease")  # a run starts, then its worker is killed
+    ttl = rt.redis.ttl(keys.job("fetch:lease") + ":lock")
+    assert 8 <= ttl <= 11  # gone when the lease ends, so the next copy is not "busy"
