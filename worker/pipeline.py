@@ -22,7 +22,6 @@ from worker.errors import (
     ExolegsError,
     PermanentError,
     RateLimitedError,
-    TransientError,
 )
 from worker.intake import CALLBACK_FIELDS, parse_callback
 from worker.jobs import JobId
@@ -111,13 +110,16 @@ def call_upstream(
     try:
         result = call()
     except ConfigFaultError as err:
-        _trip(circuit, job_id, err, shout=circuit.open(err.message))
+        _trip(circuit, job_id, err.message, shout=circuit.open(err.message), error=err)
         raise
-    except TransientError as err:
-        if name.startswith("sink:") and not isinstance(err, RateLimitedError):
-            shout = circuit.failed(err.message, SINK_FAILURES_TO_OPEN)
+    except Exception as err:
+        # Timeouts, 5xx, and a run cut off by its time limit count as a sink
+        # failing; a refusal of this one record (permanent) or a 429 do not.
+        if name.startswith("sink:") and not isinstance(err, PermanentError | RateLimitedError):
+            reason = err.message if isinstance(err, ExolegsError) else repr(err)
+            shout = circuit.failed(reason, SINK_FAILURES_TO_OPEN)
             if shout is not None:
-                _trip(circuit, job_id, err, shout=shout)
+                _trip(circuit, job_id, reason, shout=shout)
         raise
     if probing:
         circuit.close(rt.book)
@@ -126,17 +128,19 @@ def call_upstream(
     return result
 
 
-def _trip(circuit: Circuit, job_id: str, err: ExolegsError, *, shout: bool) -> None:
+def _trip(
+    circuit: Circuit, job_id: str, reason: str, *, shout: bool, error: Exception | None = None
+) -> None:
     """Park this job behind the open circuit and say so (at most once a minute)."""
     circuit.park(job_id)
     if shout:
         log.error(
             "%s (%s circuit open: work is parked, one probe every %ds until it works)",
-            err.message,
+            reason,
             circuit.name,
             circuit.probe_interval,
         )
-        _sentry(err)
+        _sentry(error or RuntimeError(f"{circuit.name} circuit open: {reason}"))
 
 
 def upstream_of(rt: Runtime, job: JobId) -> str:
