@@ -45,18 +45,21 @@ return due
 
 
 # Starting a job in one round trip. KEYS: jobs zset, job hash, lock, the circuit
-# of the upstream it calls. ARGV: lease, now, job id. The lock lasts until the
-# job's lease ends (its score after the claim), so if this run dies the copy the
-# pump sends when the lease runs out finds the lock gone, not "busy". Returns {} when the job is
-# no longer booked (a stale message), {0} when another copy holds the lock, else
-# {attempt, force, circuit open}.
+# of the upstream it calls. ARGV: lease, now, job id. The lock ends just before
+# the job's lease does (its score after the claim), so if this run dies, the copy
+# the pump sends when the lease runs out finds the lock gone, not "busy".
+# Returns {} when the job is no longer booked (a stale message), {0, lock ms
+# left} when another copy holds the lock, else {attempt, force, circuit open}.
 _BEGIN = """
 local score = redis.call('ZSCORE', KEYS[1], ARGV[3])
 if not score then return {} end
 local t = redis.call('TIME')
-local ttl = math.ceil(tonumber(score) - tonumber(t[1]))
-if ttl < 1 or ttl > tonumber(ARGV[1]) then ttl = tonumber(ARGV[1]) end
-if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ttl) then return {0} end
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local ttl = math.floor((tonumber(score) - now) * 1000) - 500
+if ttl < 1000 or ttl > tonumber(ARGV[1]) * 1000 then ttl = tonumber(ARGV[1]) * 1000 end
+if not redis.call('SET', KEYS[3], '1', 'NX', 'PX', ttl) then
+  return {0, redis.call('PTTL', KEYS[3])}
+end
 local attempt = redis.call('HINCRBY', KEYS[2], 'attempts', 1)
 redis.call('HSETNX', KEYS[2], 'first_attempt', ARGV[2])
 redis.call('HSET', KEYS[2], 'last_attempt', ARGV[2])
@@ -148,7 +151,9 @@ class JobBook:
         )
         if not raw:
             return "stale"
-        if len(raw) == 1:
+        if int(raw[0]) == 0:
+            # Another copy holds the lock: come back when it ends, not a lease later.
+            self.reschedule(job_id, max(0, int(raw[1])) / 1000 + 0.1)
             return "busy"
         force = raw[1].decode() if isinstance(raw[1], bytes) else str(raw[1])
         return Started(int(raw[0]), force == "1", bool(circuit) and bool(raw[2]))
