@@ -14,13 +14,12 @@ job is still in the book, and only one copy at a time (a per-job lock).
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from worker import keys
 
@@ -170,12 +169,6 @@ class JobBook:
     def size(self) -> int:
         return int(self.redis.zcard(keys.JOBS))
 
-    def oldest_due_age(self) -> float:
-        first = self.redis.zrange(keys.JOBS, 0, 0, withscores=True)
-        if not first:
-            return 0.0
-        return max(0.0, time.time() - float(first[0][1]))
-
     def unlock(self, job_id: str) -> None:
         self.redis.delete(f"{keys.job(job_id)}:lock")
 
@@ -193,11 +186,6 @@ class JobBook:
             (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
             for k, v in raw.items()
         }
-
-    def set_field(self, job_id: str, field: str, value: Any) -> None:
-        self.redis.hset(
-            keys.job(job_id), field, json.dumps(value) if not isinstance(value, str) else value
-        )
 
 
 class Pump:
