@@ -36,6 +36,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 import phonenumbers
@@ -239,8 +240,13 @@ def _kind(contact_uri: str | None) -> str | None:
     return "pstn"
 
 
+@lru_cache(maxsize=8192)
 def to_e164(contact_uri: str | None, country: str) -> str | None:
-    """E.164 for a real, valid phone number; null for masked or odd ones."""
+    """E.164 for a real, valid phone number; null for masked or odd ones.
+
+    Cached: the same agents' numbers come back call after call, and parsing
+    a number is the costliest step of enrichment.
+    """
     if contact_uri is None:
         return None
     text = contact_uri.strip()
