@@ -163,8 +163,9 @@ def test_failing_sink_retries_alone(
     bad.mkdir()  # writing to it fails until the directory is removed
     pipeline_env["SINKS"] = f"jsonl://{good}?name=good jsonl://{bad}?name=bad"
     pipeline_env["RETRY_MAX_ATTEMPTS"] = "50"
+    pipeline_env["CIRCUIT_PROBE_SECONDS"] = "2"  # 5 failures in a row park the sink
     settings = Settings.from_env(pipeline_env, dotenv=False)
-    sids = [f"fs{n}" for n in range(5)]
+    sids = [f"fs{n}" for n in range(8)]
     worker = start_worker(pipeline_env, tmp_path / "w.log")
     try:
         book(settings, sids)
