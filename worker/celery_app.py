@@ -42,8 +42,35 @@ app.conf.update(task_default_queue="exolegs")
 VISIBILITY_TIMEOUT = 300
 
 
+def guard_kombu_restore() -> None:
+    """Survive a Redis restart: kombu's restore on a torn-down connection must not kill us.
+
+    When Redis goes away, closing the broker channel restores unacked
+    messages through a connection that is already gone, which raises
+    AttributeError (kombu #582) and stops the worker as "Unrecoverable".
+    Leaving the messages in ``unacked`` is safe: the visibility timeout
+    restores them, and the job book re-sends their jobs after the lease.
+    """
+    from kombu.transport import redis as kombu_redis
+
+    original = kombu_redis.QoS.restore_unacked
+    if getattr(original, "_exolegs_guarded", False):
+        return
+
+    def restore_unacked(self: Any, client: Any = None) -> Any:
+        try:
+            return original(self, client)  # type: ignore[no-untyped-call]
+        except AttributeError as err:
+            log.warning("broker connection already gone; unacked messages stay for later (%s)", err)
+            return None
+
+    restore_unacked._exolegs_guarded = True  # type: ignore[attr-defined]
+    kombu_redis.QoS.restore_unacked = restore_unacked  # type: ignore[method-assign]
+
+
 def configure(settings: Settings) -> Celery:
     """Point the app at Redis and apply the reliability settings (docs/reliability.md)."""
+    guard_kombu_restore()
     options: dict[str, Any] = {"visibility_timeout": VISIBILITY_TIMEOUT}
     conf: dict[str, Any] = dict(
         broker_url=settings.redis_url,

@@ -36,6 +36,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings()
     configure_logging(settings)
     init_sentry(settings, web=False)
+    from celery import signals
+
     from worker.celery_app import configure
     from worker.runtime import Runtime
 
@@ -57,8 +59,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
         argv += ["--concurrency", str(concurrency)]
     if args.pool:
         argv += ["--pool", args.pool]
+    controllers: list[Any] = []
+    signals.worker_init.connect(lambda sender=None, **_: controllers.append(sender), weak=False)
     app.worker_main(argv)
-    return 0
+    # worker_main drops Celery's exit status; a supervisor must see a crash as one.
+    return int(getattr(controllers[-1], "exitcode", 0) or 0) if controllers else 1
 
 
 def cmd_dev(args: argparse.Namespace) -> int:

@@ -105,3 +105,21 @@ def test_pump_stops_at_the_high_water_mark(redis_client: redis.Redis) -> None:
     messages: list[list[JobId]] = []
     assert Pump(book, messages.append, queued=lambda: 64, high_water=64).run_once() == 0
     assert messages == [] and len(book.claim()) == 10  # still due, nobody leased them
+
+
+def test_kombu_restore_on_a_torn_down_connection_does_not_stop_the_worker() -> None:
+    from kombu.transport import redis as kombu_redis
+
+    from worker.celery_app import guard_kombu_restore
+
+    class TornDown:
+        """A channel whose Redis connection is already gone (kombu #582)."""
+
+        def conn_or_acquire(self, client: object = None) -> object:
+            raise AttributeError("'NoneType' object has no attribute 'hostname'")
+
+    guard_kombu_restore()
+    guard_kombu_restore()  # idempotent
+    qos = kombu_redis.QoS.__new__(kombu_redis.QoS)
+    qos.channel = TornDown()
+    assert qos.restore_unacked() is None
