@@ -329,6 +329,7 @@ class Run:
         self.t0 = 0.0
         self.watched: list[tuple[float, str, list[float]]] = []  # (fault time, job, [done at])
         self.stop_times: list[float] = []  # how long each SIGTERMed fleet took to exit
+        self.lock_overshoot = 0.0  # how long a killed run's lock outlived its job's lease
         self._watching = threading.Event()
 
     # ---------------------------------------------------------- in-flight work
@@ -363,6 +364,25 @@ class Run:
                 time.sleep(0.1)
 
         threading.Thread(target=poll, daemon=True).start()
+
+    def lock_past_lease(self, jobs: list[str]) -> float:
+        """How long the locks of ``jobs`` outlive their leases (the job's score), at most.
+
+        A killed run never releases its lock. If the lock outlives the lease,
+        the copy the pump sends when the lease ends finds it, answers "busy",
+        and the job waits a second lease.
+        """
+        pipe = self.redis.pipeline()
+        for job in jobs:
+            pipe.zscore("exolegs:jobs", job)
+            pipe.pttl(f"exolegs:job:{job}:lock")
+        now = time.time()
+        values = pipe.execute()
+        worst = 0.0
+        for score, pttl in zip(values[::2], values[1::2], strict=True):
+            if score is not None and pttl and pttl > 0:
+                worst = max(worst, now + pttl / 1000 - float(score))
+        return worst
 
     def redelivery(self) -> tuple[int, float | None]:
         """(jobs watched, the longest fault-to-finished time; None if one never finished)."""
@@ -695,6 +715,7 @@ def _sigkill(run: Run, victims: list[Child]) -> None:
     for victim in victims:
         victim.kill()  # reap
     run.watch(running, at)
+    run.lock_overshoot = max(run.lock_overshoot, run.lock_past_lease(running))
     log(
         f"SIGKILL {[v.name for v in victims]} at {run.delivered()}/{len(run.sids)} delivered, "
         f"{len(running)} job(s) running: {running[:4]}"
@@ -756,6 +777,11 @@ def kill9(calls: int, quick: bool, keep: bool) -> Result:
             result.failures.append("a job running at a kill never finished")
         else:
             result.notes.append(f"{watched} running job(s) back in <= {slowest:.1f}s")
+            if run.lock_overshoot > 0.1:
+                result.failures.append(
+                    f"a killed run's lock outlived its job's lease by {run.lock_overshoot:.2f}s: "
+                    "the copy sent when the lease ends finds it and answers 'busy'"
+                )
             if slowest > LEASE + 5:
                 late = sorted(((d[0] - at, job) for at, job, d in run.watched), reverse=True)
                 result.failures.append(
@@ -826,6 +852,21 @@ def _redis_down(run: Run, sig: int, seconds: float, during: list[str], result: R
     log("redis-server started again from its append-only file")
 
 
+def _workers_survived(run: Run, result: Result) -> None:
+    """A Redis restart must not take the workers down: with one worker, work would stop."""
+    dead = [w for w in run.workers if not w.alive]
+    result.notes.append(f"{len(run.workers) - len(dead)}/{len(run.workers)} workers alive")
+    if not dead:
+        return
+    result.failures.append(
+        f"{len(dead)} of {len(run.workers)} worker(s) died when Redis went away "
+        f"(exit {[w.proc.returncode for w in dead]})"
+    )
+    for w in dead:
+        lines = [ln for ln in w.output().splitlines() if "Unrecoverable" in ln or "CRITICAL" in ln]
+        result.evidence += [f"{w.name}: {ln[:240]}" for ln in lines[:3]]
+
+
 def redis_restart(calls: int, quick: bool, keep: bool) -> Result:
     """Stop redis-server (SIGTERM) at 30% for 5 s, half the callbacks arrive meanwhile."""
     run = Run("redis-restart", calls, keep=keep, sim=SimulatorConfig(latency_ms=20))
@@ -838,7 +879,9 @@ def redis_restart(calls: int, quick: bool, keep: bool) -> Result:
         run.post(run.sids[:half])
         run.wait_progress(0.3 * half / len(run.sids))
         _redis_down(run, signal.SIGTERM, 5, run.sids[half:], result)
-        return run.finish(result, 180)
+        run.finish(result, 180)
+        _workers_survived(run, result)
+        return result
     finally:
         run.close()
 
@@ -854,7 +897,9 @@ def redis_crash(calls: int, quick: bool, keep: bool) -> Result:
         run.post(run.sids)
         run.wait_progress(0.3)
         _redis_down(run, signal.SIGKILL, 5, [], result)
-        return run.finish(result, 180)
+        run.finish(result, 180)
+        _workers_survived(run, result)
+        return result
     finally:
         run.close()
 
