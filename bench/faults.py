@@ -17,8 +17,8 @@ One row per scenario; the exit status is 1 when any row has a lost or
 duplicated call, a dead letter, or a scenario-specific check failed
 (e.g. more than one Exotel request a minute while the circuit is open).
 
-    .venv/bin/python bench/faults.py                 # everything, ~12 minutes
-    .venv/bin/python bench/faults.py --quick         # shorter outages, ~6 minutes
+    .venv/bin/python bench/faults.py                 # everything, ~15 minutes
+    .venv/bin/python bench/faults.py --quick         # shorter outages, ~8 minutes
     .venv/bin/python bench/faults.py --only kill9,sigterm --calls 200
 
 Timings are shrunk through the environment (JOB_LEASE_SECONDS=10,
