@@ -60,13 +60,13 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from tests.support.redis_server import RedisServer, free_port  # noqa: E402
+from worker.calls.simulator import SimulatorConfig, start_in_thread  # noqa: E402
 from worker.settings import Rate  # noqa: E402
-from worker.simulator import SimulatorConfig, start_in_thread  # noqa: E402
 
 TOKEN = "faults-callback-token-0123456789"
 LEASE = 10.0
 VISIBILITY_TIMEOUT = 300  # worker/celery_app.py; only reported, never waited for
-PROBE_INTERVAL = 60  # worker/circuit.py
+PROBE_INTERVAL = 60  # worker/jobs/circuit.py
 
 BASE_ENV = {
     "CALLBACK_TOKEN": TOKEN,

@@ -55,10 +55,11 @@ from bench.common import (
     wait_until,
     workdir,
 )
-from worker import keys, ledger
-from worker.callbacks import CallbackEvent, event_from_fields
-from worker.intake import Intake
-from worker.simulator import SimulatorConfig
+from worker import keys
+from worker.calls.callbacks import CallbackEvent, event_from_fields
+from worker.calls.intake import Intake
+from worker.calls.simulator import SimulatorConfig
+from worker.jobs import ledger
 
 RATIO_GOAL = 0.5
 POLL = 0.01  # seconds between completion checks (ZCARD / GET: negligible load)

@@ -38,7 +38,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     spool = Spool(settings.spool_dir)
 
     def accept_spooled(fields: dict[str, object]) -> None:
-        from worker.callbacks import event_from_fields
+        from worker.calls.callbacks import event_from_fields
 
         runtime.intake.accept(event_from_fields(fields))
 

@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 
 from web.guard import Refusal
 from web.payload import PayloadError, decode_body
-from worker.callbacks import CallbackError, event_from_fields
+from worker.calls.callbacks import CallbackError, event_from_fields
 
 bp = Blueprint("callback", __name__)
 log = logging.getLogger("exolegs.web")

@@ -51,7 +51,7 @@ from worker.checks import fingerprint
 from worker.settings import Settings
 
 if TYPE_CHECKING:
-    from worker.ratelimit import RateLimiter
+    from worker.jobs.ratelimit import RateLimiter
 
 log = logging.getLogger("exolegs.web.guard")
 

@@ -23,7 +23,7 @@ def readyz() -> ResponseReturnValue:
     With ``?strict=1`` a degraded state (an open circuit, a non-empty spool)
     also answers 503, for monitors that only look at the status code.
     """
-    from worker.circuit import open_circuits
+    from worker.jobs.circuit import open_circuits
 
     edge = current_app.extensions["exolegs"]
     body: dict[str, Any] = {"redis": "ok", "problems": []}

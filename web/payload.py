@@ -2,7 +2,7 @@
 
 Exotel sends the same callback as a form POST, a multipart POST, a JSON POST
 or a bare GET query string (``research/exotel-api.md`` §1), so the edge
-accepts all of them and hands :func:`worker.callbacks.event_from_fields` one
+accepts all of them and hands :func:`worker.calls.callbacks.event_from_fields` one
 shape. Taking plain values (content type, body bytes, query pairs) keeps this
 fast, testable and independent of the web framework.
 

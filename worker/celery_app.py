@@ -12,7 +12,7 @@ from celery import Celery, signals
 from worker.settings import Settings
 
 if TYPE_CHECKING:
-    from worker.jobs import Pump
+    from worker.jobs.pump import Pump
     from worker.runtime import Runtime
 
 log = logging.getLogger("exolegs.worker")

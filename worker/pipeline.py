@@ -15,7 +15,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from worker import jobs, keys, ledger
+from worker import jobs, keys
+from worker.calls.intake import CALLBACK_FIELDS, parse_callback
 from worker.errors import (
     ConfigFaultError,
     Deferred,
@@ -23,12 +24,11 @@ from worker.errors import (
     PermanentError,
     RateLimitedError,
 )
-from worker.intake import CALLBACK_FIELDS, parse_callback
-from worker.jobs import JobId
+from worker.jobs import JobId, ledger
 from worker.settings import Rate
 
 if TYPE_CHECKING:
-    from worker.circuit import Circuit
+    from worker.jobs.circuit import Circuit
     from worker.runtime import Runtime
     from worker.sinks.base import CallRecord
 
@@ -59,7 +59,7 @@ def load_record(rt: Runtime, call_sid: str) -> CallRecord | None:
 def build_call_record(
     rt: Runtime, body: dict[str, Any], callback: tuple[dict[str, Any], str | None, str | None]
 ) -> CallRecord:
-    from worker.enrich import build_record, leg_details_of
+    from worker.calls.enrich import build_record, leg_details_of
 
     fields, status, direction = callback
     return build_record(

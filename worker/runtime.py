@@ -8,15 +8,15 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from worker.circuit import Circuit
-from worker.deadletters import DeadLetters
-from worker.intake import Intake
+from worker.calls.intake import Intake
 from worker.jobs import JobBook
-from worker.ratelimit import RateLimiter
+from worker.jobs.circuit import Circuit
+from worker.jobs.deadletters import DeadLetters
+from worker.jobs.ratelimit import RateLimiter
 from worker.settings import Settings
 
 if TYPE_CHECKING:
-    from worker.exotel import ExotelClient
+    from worker.calls.exotel import ExotelClient
     from worker.sinks.base import Sink
 
 
@@ -69,7 +69,7 @@ class Runtime:
 
     @cached_property
     def exotel(self) -> ExotelClient:
-        from worker.exotel import ExotelClient
+        from worker.calls.exotel import ExotelClient
 
         return ExotelClient(self.settings)
 

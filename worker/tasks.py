@@ -11,8 +11,9 @@ import time
 from worker import jobs, pipeline
 from worker.celery_app import app
 from worker.errors import Deferred, ExolegsError, Kind, TransientError
-from worker.jobs import JobId, Pump
-from worker.retry import DEAD, PARK, decide
+from worker.jobs import JobId
+from worker.jobs.pump import Pump
+from worker.jobs.retry import DEAD, PARK, decide
 from worker.runtime import Runtime
 
 log = logging.getLogger("exolegs.tasks")
@@ -102,7 +103,7 @@ def _failed(rt: Runtime, job: JobId, attempt: int, err: ExolegsError) -> str:
     rt.book.record_error(job_id, err.message)
     context = f"call={job.call_sid} job={job_id} attempt={attempt}"
     if decision.action == DEAD:
-        from worker.intake import terminal_callback
+        from worker.calls.intake import terminal_callback
 
         callback, _, _ = terminal_callback(rt.redis, job.call_sid)
         reason = "permanent error" if err.kind is Kind.PERMANENT else "retries exhausted"

@@ -9,8 +9,8 @@ import pytest
 from flask.testing import FlaskClient
 
 from tests.support.processes import Proc, Simulator, start_worker
+from worker.calls.simulator import SimulatorConfig, start_in_thread
 from worker.settings import Settings
-from worker.simulator import SimulatorConfig, start_in_thread
 
 
 @pytest.fixture(scope="session")

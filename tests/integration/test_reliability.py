@@ -19,7 +19,7 @@ from tests.conftest import CALLBACK_TOKEN
 from tests.support.processes import ROOT, Proc, Simulator, read_jsonl, start_worker, wait_for
 from tests.support.redis_server import RedisServer
 from worker import keys
-from worker.callbacks import event_from_fields
+from worker.calls.callbacks import event_from_fields
 from worker.runtime import Runtime
 from worker.settings import Settings
 

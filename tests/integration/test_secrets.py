@@ -28,7 +28,7 @@ import requests
 
 from tests.support.processes import ROOT, read_jsonl, start_web, start_worker, wait_for
 from tests.support.redis_server import free_port
-from worker.simulator import SimulatorConfig, start_in_thread
+from worker.calls.simulator import SimulatorConfig, start_in_thread
 
 API_KEY = "exo-key-7f3a91"
 API_TOKEN = "exo-api-token-5b1e8c0d9a7f6e42"

@@ -21,9 +21,9 @@ from unittest import mock
 import pytest
 import yaml
 
+from worker.calls.simulator import SimulatorConfig
 from worker.cli import parser
 from worker.settings import Settings
-from worker.simulator import SimulatorConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = ROOT / ".venv" / "bin"

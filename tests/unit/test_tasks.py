@@ -9,13 +9,13 @@ import pytest
 import redis
 
 from tests.support.processes import Simulator
-from worker import jobs, keys, ledger
-from worker.callbacks import event_from_fields
-from worker.circuit import open_circuits
-from worker.jobs import JobId
+from worker import jobs, keys
+from worker.calls.callbacks import event_from_fields
+from worker.calls.simulator import SimulatorConfig, start_in_thread
+from worker.jobs import JobId, ledger
+from worker.jobs.circuit import open_circuits
 from worker.runtime import Runtime
 from worker.settings import Settings
-from worker.simulator import SimulatorConfig, start_in_thread
 from worker.sinks.memory import MemorySink
 from worker.tasks import execute
 

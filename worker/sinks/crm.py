@@ -8,7 +8,7 @@
   user name) to the CRM user who should own the call activity.
 - Phone formats for contact lookups, the Exotel status -> CRM value table,
   duration and time formats, and a one-paragraph leg summary;
-  ``parse_retry_after`` is :func:`worker.exotel.parse_retry_after`.
+  ``parse_retry_after`` is :func:`worker.calls.exotel.parse_retry_after`.
 - :func:`get_token`: an OAuth access token cached in Redis and shared by every
   worker, minted by one worker at a time under a Redis lock.
 """
@@ -36,7 +36,8 @@ import phonenumbers
 import requests
 
 from worker import keys
-from worker.enrich import to_e164
+from worker.calls.enrich import to_e164
+from worker.calls.exotel import parse_retry_after as parse_retry_after  # re-exported for the sinks
 from worker.errors import (
     ConfigFaultError,
     ExolegsError,
@@ -44,7 +45,6 @@ from worker.errors import (
     SettingsError,
     TransientError,
 )
-from worker.exotel import parse_retry_after as parse_retry_after  # re-exported for the sinks
 from worker.redact import scrub
 from worker.sinks.base import CallRecord, Sink, SinkContext
 

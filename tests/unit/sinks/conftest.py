@@ -70,7 +70,7 @@ ReadBack = Callable[[str], list[dict[str, Any]]]
 def sample_record(call_sid: str, **changes: Any) -> CallRecord:
     """An ``exolegs.call/v1`` record for ``call_sid``.
 
-    Built by the real enrichment (``worker.enrich.build_record``) from
+    Built by the real enrichment (``worker.calls.enrich.build_record``) from
     ``tests/fixtures/legs_seed.json`` when both exist, else by hand in the
     same shape. ``changes`` replace top-level fields.
     """
@@ -83,7 +83,7 @@ def sample_record(call_sid: str, **changes: Any) -> CallRecord:
     }
     fetched_at = datetime(2020, 9, 15, 5, 33, 0, tzinfo=UTC)
     try:
-        from worker.enrich import build_record, leg_details_of
+        from worker.calls.enrich import build_record, leg_details_of
     except ImportError:
         record = _hand_built(call_sid, callback)
     else:

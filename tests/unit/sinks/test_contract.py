@@ -25,8 +25,8 @@ from tests.unit.sinks.conftest import (
     sample_record,
     with_params,
 )
-from worker import ledger
 from worker.errors import ExolegsError
+from worker.jobs import ledger
 from worker.redact import url_secrets
 from worker.settings import Settings
 from worker.sinks import registry

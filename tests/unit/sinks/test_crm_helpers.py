@@ -24,8 +24,8 @@ from redis.retry import Retry
 
 from tests.unit.sinks.fakes import ADITYA_SIP, SANJAY, make_record
 from tests.unit.sinks.fakes.zoho import FakeZoho
+from worker.calls.exotel import parse_retry_after as exotel_parse_retry_after
 from worker.errors import ConfigFaultError, RateLimitedError, SettingsError, TransientError
-from worker.exotel import parse_retry_after as exotel_parse_retry_after
 from worker.settings import Settings
 from worker.sinks.base import SinkContext
 from worker.sinks.crm import (

@@ -17,12 +17,12 @@ import pytest
 import redis
 
 from tests.unit.sinks.conftest import as_json, new_call_sid, sample_record
-from worker import ledger
+from worker.cli.sinks import list_sinks
 from worker.errors import PermanentError, SettingsError
+from worker.jobs import ledger
 from worker.settings import Settings
 from worker.sinks import registry
 from worker.sinks.base import Sink, SinkContext
-from worker.sinks.cli import list_sinks
 
 
 def test_the_plugin_is_installed_as_an_entry_point() -> None:

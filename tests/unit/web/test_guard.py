@@ -25,7 +25,7 @@ from web.guard import (
     limit_key,
     parse_address,
 )
-from worker.ratelimit import RateLimiter
+from worker.jobs.ratelimit import RateLimiter
 from worker.settings import Settings
 
 TERMINAL = {"CallSid": "guard-call", "Status": "completed", "EventType": "terminal"}

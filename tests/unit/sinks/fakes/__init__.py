@@ -8,7 +8,7 @@ which the tests assert is empty. Faults (429 with the CRM's own headers and
 body, expired tokens, 5xx) are scripted with :meth:`FakeServer.fail_next`.
 
 :func:`make_record` builds the records under test with the real enrichment
-(``worker.enrich.build_record``) from ``tests/fixtures/legs_seed.json``.
+(``worker.calls.enrich.build_record``) from ``tests/fixtures/legs_seed.json``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from worker.enrich import build_record, leg_details_of
+from worker.calls.enrich import build_record, leg_details_of
 from worker.sinks.base import CallRecord
 
 ROOT = Path(__file__).resolve().parents[4]

@@ -16,7 +16,7 @@ from worker import jobs, keys
 if TYPE_CHECKING:
     from redis import Redis
 
-    from worker.callbacks import CallbackEvent
+    from worker.calls.callbacks import CallbackEvent
 
 # KEYS: call hash, jobs. ARGV: retention, callback json, terminal, fetch job id,
 # delay, event key, direction. Everything about a call lives in its one hash:

@@ -12,6 +12,7 @@ import pytest
 import requests
 import responses
 
+from worker.calls.exotel import POOL_SIZE, ExotelClient, parse_retry_after
 from worker.errors import (
     ConfigFaultError,
     ExolegsError,
@@ -20,7 +21,6 @@ from worker.errors import (
     RateLimitedError,
     TransientError,
 )
-from worker.exotel import POOL_SIZE, ExotelClient, parse_retry_after
 from worker.settings import Settings
 
 ACCOUNT = "acme_corp1"

@@ -4,8 +4,8 @@ import time
 
 import redis
 
-from worker.deadletters import DeadLetters
 from worker.jobs import JobBook, JobId
+from worker.jobs.deadletters import DeadLetters
 
 
 def test_dead_letter_keeps_reason_attempts_and_callback(redis_client: redis.Redis) -> None:

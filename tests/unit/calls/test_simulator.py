@@ -12,15 +12,15 @@ from typing import Any
 import pytest
 import requests
 
+from worker.calls.exotel import ExotelClient
+from worker.calls.simulator import SimulatorConfig, SimulatorServer, legs_for, start_in_thread
 from worker.errors import (
     ConfigFaultError,
     Kind,
     RateLimitedError,
     TransientError,
 )
-from worker.exotel import ExotelClient
 from worker.settings import Rate, Settings
-from worker.simulator import SimulatorConfig, SimulatorServer, legs_for, start_in_thread
 
 IST = timedelta(hours=5, minutes=30)
 PHONE = re.compile(r"^(\+91[6-9]\d{9}|0\d{10})$")

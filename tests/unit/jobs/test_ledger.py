@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from worker import keys, ledger
+from worker import keys
 from worker.errors import TransientError
+from worker.jobs import ledger
 from worker.settings import Settings
 from worker.sinks.base import SinkContext
 from worker.sinks.jsonl import JsonlSink

@@ -6,7 +6,8 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -20,13 +21,18 @@ def _settings() -> Settings:
 
 
 # ----------------------------------------------------------------- processes
-def cmd_web(args: argparse.Namespace) -> int:
-    from web.server import serve
+def _web_server() -> Callable[[Settings], None]:
+    """The HTTP edge plugs itself in through an entry point: the core never imports web/."""
+    (entry,) = entry_points(group="exolegs.processes", name="web")
+    server: Callable[[Settings], None] = entry.load()
+    return server
 
+
+def cmd_web(args: argparse.Namespace) -> int:
     settings = _settings()
     if not settings.callback_tokens:
         raise SettingsError("CALLBACK_TOKEN", "must be set before the web process can start")
-    serve(settings)
+    _web_server()(settings)
     return 0
 
 
@@ -67,14 +73,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    from worker.dev import run_dev
+    from worker.cli.dev import run_dev
 
     return run_dev(simulate=args.simulate)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    from worker.calls.simulator import SimulatorConfig, serve
     from worker.settings import parse_rate
-    from worker.simulator import SimulatorConfig, serve
 
     config = SimulatorConfig(
         latency_ms=args.latency_ms,
@@ -93,7 +99,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- one-shots
 def cmd_fetch(args: argparse.Namespace) -> int:
-    from worker.intake import terminal_callback
+    from worker.calls.intake import terminal_callback
     from worker.pipeline import build_call_record
     from worker.runtime import Runtime
 
@@ -195,7 +201,7 @@ def cmd_dead_purge(args: argparse.Namespace) -> int:
 
 # -------------------------------------------------------------------- sinks
 def cmd_sinks_list(args: argparse.Namespace) -> int:
-    from worker.sinks.cli import list_sinks
+    from worker.cli.sinks import list_sinks
 
     for row in list_sinks():
         print(f"{row.get('name', ''):12} {row.get('url_help') or row.get('error', '')}")
@@ -203,8 +209,8 @@ def cmd_sinks_list(args: argparse.Namespace) -> int:
 
 
 def cmd_sinks_check(args: argparse.Namespace) -> int:
+    from worker.cli.sinks import check_sinks
     from worker.runtime import connect
-    from worker.sinks.cli import check_sinks
 
     settings = _settings()
     ok_all = True
@@ -281,6 +287,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

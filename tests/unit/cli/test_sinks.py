@@ -9,9 +9,10 @@ import pytest
 import redis
 
 from tests.unit.sinks.conftest import WebhookReceiver, free_port, new_whsec
+from worker.cli import sinks as cli
 from worker.redact import url_secrets
 from worker.settings import Settings
-from worker.sinks import cli, registry
+from worker.sinks import registry
 
 
 def test_list_sinks_names_every_builtin_with_its_class_and_url_form() -> None:

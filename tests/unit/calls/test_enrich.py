@@ -18,10 +18,10 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import ValidationError
 
-from worker.enrich import SCHEMA_ID, build_record, leg_details_of
+from worker.calls.enrich import SCHEMA_ID, build_record, leg_details_of
 from worker.errors import PermanentError
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 FIXTURES = ROOT / "tests" / "fixtures"
 SCHEMA_PATH = ROOT / "docs" / "schema" / "call.v1.json"
 DEFAULT_COUNTRY = "IN"

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from web.payload import MAX_BODY_BYTES, MAX_FIELDS, PayloadError, decode_body
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "callbacks"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "callbacks"
 FORM = "application/x-www-form-urlencoded"
 JSON = "application/json"
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 import redis
 
 from worker import keys
-from worker.callbacks import event_from_fields
-from worker.intake import Intake, terminal_callback
+from worker.calls.callbacks import event_from_fields
+from worker.calls.intake import Intake, terminal_callback
 
 
 def intake(redis_client: redis.Redis) -> Intake:

@@ -109,7 +109,7 @@ def run_dev(*, simulate: bool = False) -> int:
     env.setdefault("SPOOL_DIR", str(VAR / "spool"))
     sim = None
     if simulate or not settings.exotel_configured:
-        from worker.simulator import SimulatorConfig, start_in_thread
+        from worker.calls.simulator import SimulatorConfig, start_in_thread
 
         config = SimulatorConfig()
         sim, sim_url = start_in_thread(config)

@@ -14,10 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from web.payload import decode_body
-from worker.callbacks import CallbackError, CallbackEvent, event_from_fields
+from worker.calls.callbacks import CallbackError, CallbackEvent, event_from_fields
 from worker.settings import CALL_SID_RE
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "callbacks"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "callbacks"
 SID = "80bfbec2d78bbbf10fb851f4fa165211"
 
 
@@ -362,11 +362,11 @@ def test_event_is_frozen() -> None:
 
 def test_parsing_layer_does_not_import_flask() -> None:
     code = (
-        "import sys, worker.callbacks, web.payload; "
+        "import sys, worker.calls.callbacks, web.payload; "
         "bad = [m for m in sys.modules if m == 'flask' or m.startswith(('flask.', 'werkzeug'))]; "
         "assert not bad, bad"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[3])
 
 
 # --- properties ------------------------------------------------------------------------------

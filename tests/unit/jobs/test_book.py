@@ -5,7 +5,8 @@ import time
 import redis
 
 from worker import jobs
-from worker.jobs import JobBook, JobId, Pump, Started
+from worker.jobs import JobBook, JobId, Started
+from worker.jobs.pump import Pump
 
 
 def test_job_ids_round_trip() -> None:

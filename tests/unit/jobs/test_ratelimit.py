@@ -5,7 +5,7 @@ import time
 
 import redis
 
-from worker.ratelimit import HEADROOM, RateLimiter, burst_for
+from worker.jobs.ratelimit import HEADROOM, RateLimiter, burst_for
 from worker.settings import Rate
 
 

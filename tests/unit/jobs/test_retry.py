@@ -3,7 +3,7 @@ from __future__ import annotations
 import random
 
 from worker.errors import ConfigFaultError, PermanentError, RateLimitedError, TransientError
-from worker.retry import DEAD, PARK, RETRY, backoff, decide
+from worker.jobs.retry import DEAD, PARK, RETRY, backoff, decide
 from worker.settings import Settings
 
 SETTINGS = Settings.from_env(
