@@ -8,16 +8,30 @@ the command exit 1; notes are advice and do not.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import sys
+import threading
+import time
+import uuid
 from collections.abc import Mapping
-from typing import TextIO
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING, Any, TextIO
 
+from redis.exceptions import RedisError, ResponseError
+
+from worker import keys
 from worker.errors import SettingsError
 from worker.logs import Scrubber
 from worker.redact import MASK, mask_url, url_secrets
 from worker.settings import Settings
+
+if TYPE_CHECKING:
+    from redis import Redis
+
+log = logging.getLogger("exolegs.checks")
 
 _SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|DSN|KEY|AUTH", re.IGNORECASE)
 
@@ -128,6 +142,306 @@ def security_findings(
     return problems, notes
 
 
+# ------------------------------------------------------------ Redis safety
+class Persistence(Enum):
+    AOF = "aof"  # appendonly yes
+    RDB = "rdb"  # snapshots only: a crash loses the writes since the last one
+    OFF = "off"  # a restart loses everything
+    UNKNOWN = "unknown"  # INFO/CONFIG not available (fakeredis, some managed plans)
+
+
+class EpochState(Enum):
+    OK = "ok"  # the epoch this process knew, or the first it saw
+    CREATED = "created"  # there was none: a first start on this Redis, or it was wiped
+    MISSING = "missing"  # there is none and this look did not create one
+    WIPED = "wiped"  # the epoch changed or vanished under us (now, or noticed earlier)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing wrong with Redis, worded for the operator: the setting, then what to do."""
+
+    setting: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.setting}: {self.message}"
+
+
+@dataclass(frozen=True)
+class RedisSafety:
+    """What one look at Redis says about whether it can lose exolegs's data.
+
+    ``problems`` make ``exolegs check`` exit 1 and ``/readyz`` degraded;
+    ``warnings`` are reported only. ``evicting`` alone stops a worker from
+    starting. Safe to show without credentials: no URLs, call sids or secrets.
+    """
+
+    eviction_policy: str | None  # None when INFO could not be read
+    persistence: Persistence
+    epoch: str | None
+    epoch_state: EpochState
+    wiped_at: float | None = None
+    problems: tuple[Finding, ...] = ()
+    warnings: tuple[Finding, ...] = ()
+
+    @property
+    def safe(self) -> bool:
+        return not self.problems
+
+    @property
+    def evicting(self) -> bool:
+        return self.eviction_policy is not None and self.eviction_policy != "noeviction"
+
+    def summary(self) -> dict[str, Any]:
+        """A small JSON view (for /readyz): settings and states, no texts."""
+        return {
+            "maxmemory_policy": self.eviction_policy or "unknown",
+            "persistence": self.persistence.value,
+            "wiped": self.epoch_state is EpochState.WIPED,
+        }
+
+
+def eviction_fix(policy: str) -> str:
+    return (
+        f"is {policy}, so under memory pressure Redis deletes keys (jobs, delivery ledgers, "
+        "dead letters) and calls are lost or delivered twice; set it to noeviction: "
+        "`redis-cli CONFIG SET maxmemory-policy noeviction` (and in redis.conf), on Heroku "
+        "`heroku redis:maxmemory <addon> --policy noeviction`, on ElastiCache or Memorystore "
+        "in the instance's parameter group"
+    )
+
+
+# KEYS[1] the epoch hash. ARGV: the epoch this process knows ('' for none), a
+# new id, '1' to create one when missing. Returns {id, wiped_at, state}.
+# An epoch that vanished or changed under a process that knew it means Redis
+# was wiped: the new epoch records when, and which one it followed, so every
+# process (and `exolegs check`) reports it until an operator acknowledges it.
+_EPOCH = """
+local cur = redis.call('HGET', KEYS[1], 'id')
+local t = redis.call('TIME')
+local now = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+if cur then
+  local wiped = redis.call('HGET', KEYS[1], 'wiped_at') or ''
+  if ARGV[1] == '' or cur == ARGV[1] then
+    return {cur, wiped, wiped ~= '' and 'wiped' or 'ok'}
+  end
+  if redis.call('HGET', KEYS[1], 'previous') ~= ARGV[1] then
+    redis.call('HSET', KEYS[1], 'wiped_at', now, 'previous', ARGV[1])
+    wiped = now
+  end
+  return {cur, wiped, wiped ~= '' and 'wiped' or 'ok'}
+end
+if ARGV[3] ~= '1' then return {'', '', ARGV[1] == '' and 'missing' or 'wiped'} end
+redis.call('HSET', KEYS[1], 'id', ARGV[2], 'created_at', now)
+if ARGV[1] ~= '' then
+  redis.call('HSET', KEYS[1], 'wiped_at', now, 'previous', ARGV[1])
+  return {ARGV[2], now, 'wiped'}
+end
+return {ARGV[2], '', 'created'}
+"""
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _persistence(redis: Redis, info: dict[str, Any]) -> Persistence:
+    if "aof_enabled" not in info:
+        return Persistence.UNKNOWN
+    if int(info["aof_enabled"]):
+        return Persistence.AOF
+    try:
+        save = _text(redis.config_get("save").get("save", ""))
+    except ResponseError:  # CONFIG is disabled on most managed Redis plans
+        return Persistence.UNKNOWN
+    return Persistence.RDB if save.strip() else Persistence.OFF
+
+
+def inspect_redis(
+    redis: Redis, *, known_epoch: str | None = None, create_epoch: bool = False
+) -> RedisSafety:
+    """Read INFO and the epoch key: is this Redis safe to keep exolegs's work in?
+
+    O(1) Redis work, at most four commands (INFO memory, INFO persistence,
+    CONFIG GET save when AOF is off, one Lua call on the one-hash epoch key);
+    fine for every /readyz. Raises RedisError when Redis is unreachable.
+
+    - ``maxmemory-policy`` other than ``noeviction`` is a problem: an evicting
+      Redis silently drops jobs, ledgers and dead letters.
+    - persistence off (no AOF, no snapshots) is a warning.
+    - ``known_epoch`` is the epoch this caller saw before (see
+      :class:`RedisWatch`, which remembers it for you). If it vanished or
+      changed, Redis was wiped (a FLUSHALL, a failover to an empty replica):
+      a problem, kept in Redis until ``exolegs check --ack-wipe``.
+      ``create_epoch`` writes a new epoch when there is none (workers and the
+      edge do; ``exolegs check`` only looks).
+    """
+    problems: list[Finding] = []
+    warnings: list[Finding] = []
+    policy: str | None = None
+    persistence = Persistence.UNKNOWN
+    try:
+        pipe = redis.pipeline(transaction=False)
+        pipe.info("memory")
+        pipe.info("persistence")
+        memory, persisted = pipe.execute()
+    except ResponseError as err:  # fakeredis, or INFO renamed away
+        warnings.append(
+            Finding("maxmemory-policy", f"cannot read INFO ({err}); check it is noeviction")
+        )
+    else:
+        policy = str(memory.get("maxmemory_policy")) if "maxmemory_policy" in memory else None
+        if policy is not None and policy != "noeviction":
+            problems.append(Finding("maxmemory-policy", eviction_fix(policy)))
+        persistence = _persistence(redis, persisted)
+        if persistence is Persistence.OFF:
+            warnings.append(
+                Finding(
+                    "appendonly",
+                    "persistence is off (no AOF, no snapshots): a Redis restart loses every "
+                    "job, ledger and dead letter; set `appendonly yes`",
+                )
+            )
+    raw = redis.eval(
+        _EPOCH, 1, keys.EPOCH, known_epoch or "", uuid.uuid4().hex, "1" if create_epoch else ""
+    )
+    epoch, wiped, state = (_text(v) for v in raw)
+    epoch_state = EpochState(state)
+    if epoch_state is EpochState.WIPED:
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(wiped))) if wiped else "now"
+        problems.append(
+            Finding(
+                "Redis data",
+                f"Redis was wiped (noticed {when}): the exolegs epoch changed, as after a "
+                "FLUSHALL or a failover to an empty replica. Jobs, records, ledgers and dead "
+                "letters from before are gone: calls in flight then were not delivered and "
+                "append-only sinks may get repeats of earlier calls. Check the sinks for that "
+                "period, then clear this with `exolegs check --ack-wipe`",
+            )
+        )
+    elif epoch_state is EpochState.MISSING:
+        warnings.append(
+            Finding(
+                "Redis data",
+                "no exolegs epoch: no worker has started on this Redis yet, or it was wiped",
+            )
+        )
+    return RedisSafety(
+        eviction_policy=policy,
+        persistence=persistence,
+        epoch=epoch or None,
+        epoch_state=epoch_state,
+        wiped_at=float(wiped) if wiped else None,
+        problems=tuple(problems),
+        warnings=tuple(warnings),
+    )
+
+
+def acknowledge_wipe(redis: Redis) -> bool:
+    """Clear a wipe notice once the operator has dealt with it; True if there was one.
+
+    ``previous`` stays, so a process that knew the old epoch and looks only
+    now does not raise the notice again.
+    """
+    return bool(redis.hdel(keys.EPOCH, "wiped_at"))
+
+
+@dataclass
+class RedisWatch:
+    """:func:`inspect_redis` for a long-lived process: remembers the epoch between looks.
+
+    The edge keeps one for /readyz and each worker one for its start-up and
+    its periodic look; ``check()`` creates the epoch if there is none yet.
+    """
+
+    redis: Redis
+    epoch: str | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def check(self) -> RedisSafety:
+        with self._lock:
+            safety = inspect_redis(self.redis, known_epoch=self.epoch, create_epoch=True)
+            if safety.epoch:
+                self.epoch = safety.epoch
+            return safety
+
+
+def report(safety: RedisSafety, previous: RedisSafety | None = None) -> None:
+    """Log what a look found: problems at CRITICAL (and to Sentry), warnings once."""
+    seen = set() if previous is None else {*previous.problems, *previous.warnings}
+    for finding in safety.problems:
+        if finding not in seen:
+            log.critical("Redis is not safe for exolegs: %s", finding)
+            _sentry(f"Redis is not safe for exolegs: {finding.setting}")
+    for finding in safety.warnings:
+        if finding not in seen:
+            log.warning("Redis: %s", finding)
+    if safety.epoch_state is EpochState.CREATED:
+        log.warning(
+            "Redis had no exolegs epoch; created one. Expected on a first start: otherwise "
+            "this Redis was wiped before any exolegs process was running to notice"
+        )
+
+
+def _sentry(message: str) -> None:
+    try:
+        import sentry_sdk
+
+        sentry_sdk.capture_message(message, level="fatal")
+    except Exception:  # noqa: BLE001, S110 - alerting must never break the work
+        pass
+
+
+def worker_start(redis: Redis) -> RedisWatch:
+    """A worker's look before it starts: refuse an evicting Redis, report the rest.
+
+    Raises :class:`SettingsError` (one line, naming ``maxmemory-policy``) when
+    Redis may evict. An unreachable Redis is not refused here: Celery waits
+    for it, and the periodic look (:class:`Watchdog`) checks it once it is up.
+    """
+    watch = RedisWatch(redis)
+    try:
+        safety = watch.check()
+    except RedisError as err:
+        log.warning("cannot inspect Redis at start-up (%s); will look again", err)
+        return watch
+    if safety.evicting:
+        raise SettingsError("maxmemory-policy", eviction_fix(str(safety.eviction_policy)))
+    report(safety)
+    return watch
+
+
+class Watchdog:
+    """Looks at Redis again every ``interval`` seconds, for a policy change or a wipe."""
+
+    def __init__(self, watch: RedisWatch, interval: float = 30.0) -> None:
+        self.watch = watch
+        self.interval = interval
+        self._stop = threading.Event()
+        self.last: RedisSafety | None = None
+
+    def look(self) -> RedisSafety | None:
+        try:
+            safety = self.watch.check()
+        except RedisError:
+            return None  # the pump and Celery already say Redis is away
+        report(safety, self.last)
+        self.last = safety
+        return safety
+
+    def run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.look()
+
+    def start(self) -> Watchdog:
+        threading.Thread(target=self.run, name="exolegs-redis-watch", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
 def problems(settings: Settings) -> list[str]:
     found = []
     if not settings.callback_tokens:
@@ -139,14 +453,7 @@ def problems(settings: Settings) -> list[str]:
         )
     if settings.retry_max_seconds >= 3600:
         found.append("RETRY_MAX_SECONDS: retries more than an hour apart delay records a lot")
-    try:
-        from worker.runtime import connect
-
-        connect(settings.redis_url).ping()
-    except Exception as err:  # noqa: BLE001
-        found.append(
-            f"REDIS_URL: {mask_url(settings.redis_url)} unreachable ({type(err).__name__})"
-        )
+    found.extend(str(p) for p in redis_findings(settings, warnings=False))
     try:
         from worker.sinks.base import SinkContext
         from worker.sinks.registry import build_sinks
@@ -155,6 +462,20 @@ def problems(settings: Settings) -> list[str]:
     except SettingsError as err:
         found.append(str(err))
     return found
+
+
+def redis_findings(settings: Settings, *, warnings: bool) -> list[Finding]:
+    """Redis's problems (or, with ``warnings``, its warnings) for `exolegs check`."""
+    try:
+        from worker.runtime import connect
+
+        safety = inspect_redis(connect(settings.redis_url))
+    except RedisError as err:
+        if warnings:
+            return []
+        reason = type(err).__name__
+        return [Finding("REDIS_URL", f"{mask_url(settings.redis_url)} unreachable ({reason})")]
+    return list(safety.warnings if warnings else safety.problems)
 
 
 def _env_secrets(env: Mapping[str, str] | None) -> list[str]:
@@ -197,6 +518,8 @@ def run_check(env: Mapping[str, str] | None = None, *, out: TextIO | None = None
     security, notes = security_findings(settings, env)
     found.extend(security)
     say()
+    for warning in redis_findings(settings, warnings=True):
+        say(f"warning: {warning}")
     for note in notes:
         say(f"note: {note}")
     if not found:

@@ -28,6 +28,8 @@ def job(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}"
 
 
+EPOCH = f"{PREFIX}:epoch"  # hash: id, created_at[, wiped_at, previous]; see worker/checks.py
+
 DEAD = f"{PREFIX}:dead"  # sorted set: job id -> failed-at
 
 

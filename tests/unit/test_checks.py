@@ -6,11 +6,23 @@ import base64
 import io
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import pytest
 
-from tests.support.redis_server import RedisServer, free_port
-from worker.checks import fingerprint, run_check, security_findings
+from tests.support.redis_server import RedisServer, free_port, start_redis
+from worker.checks import (
+    EpochState,
+    Persistence,
+    RedisWatch,
+    acknowledge_wipe,
+    fingerprint,
+    inspect_redis,
+    run_check,
+    security_findings,
+    worker_start,
+)
+from worker.errors import SettingsError
 from worker.settings import Settings
 
 API_TOKEN = "exo-api-token-abcdefghij0123456789"
@@ -155,3 +167,96 @@ def test_cli_problem_lines_never_echo_the_secret(variable: str, tmp_path: object
     env.setdefault("EXOTEL_API_KEY", "k")
     _, output = check(env)
     assert API_TOKEN not in output
+
+
+# ------------------------------------------------------------ Redis safety
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A Redis of this test's own, whose settings it may change."""
+    server = start_redis()
+    yield server
+    server.stop()
+
+
+def test_a_durable_noeviction_redis_is_safe(own_redis: RedisServer) -> None:
+    safety = inspect_redis(own_redis.client())
+    assert safety.safe and not safety.evicting
+    assert (safety.eviction_policy, safety.persistence) == ("noeviction", Persistence.AOF)
+    assert safety.summary() == {
+        "maxmemory_policy": "noeviction",
+        "persistence": "aof",
+        "wiped": False,
+    }
+
+
+@pytest.mark.parametrize("policy", ["volatile-lru", "allkeys-lru", "allkeys-random"])
+def test_an_evicting_redis_is_a_problem_that_says_how_to_fix_it(
+    own_redis: RedisServer, policy: str, tmp_path: object
+) -> None:
+    own_redis.client().config_set("maxmemory-policy", policy)
+    safety = inspect_redis(own_redis.client())
+    assert safety.evicting and not safety.safe
+    [problem] = safety.problems
+    assert problem.setting == "maxmemory-policy"
+    assert policy in problem.message
+    assert "heroku redis:maxmemory <addon> --policy noeviction" in problem.message
+    code, output = check(good_env(own_redis.url, str(tmp_path)))
+    assert code == 1
+    assert f"problem: maxmemory-policy: is {policy}" in output
+    with pytest.raises(SettingsError, match=r"^maxmemory-policy: is "):
+        worker_start(own_redis.client())
+
+
+def test_persistence_off_is_reported_not_refused(own_redis: RedisServer, tmp_path: object) -> None:
+    client = own_redis.client()
+    client.config_set("appendonly", "no")
+    client.config_set("save", "")
+    safety = inspect_redis(client)
+    assert safety.persistence is Persistence.OFF and safety.safe
+    assert [w.setting for w in safety.warnings] == ["appendonly", "Redis data"]
+    code, output = check(good_env(own_redis.url, str(tmp_path)))
+    assert code == 0, output
+    assert "warning: appendonly: persistence is off" in output
+    client.config_set("save", "3600 1")
+    assert inspect_redis(client).persistence is Persistence.RDB
+
+
+def test_a_wiped_redis_is_noticed_by_every_process_until_acknowledged(
+    own_redis: RedisServer, tmp_path: object
+) -> None:
+    client = own_redis.client()
+    assert inspect_redis(client).epoch_state is EpochState.MISSING  # `check` only looks
+    worker, edge = RedisWatch(client), RedisWatch(own_redis.client())
+    assert worker.check().epoch_state is EpochState.CREATED
+    assert edge.check().epoch_state is EpochState.OK
+    assert worker.epoch == edge.epoch
+    client.flushall()  # or a failover to an empty replica
+    late = RedisWatch(own_redis.client())  # a process started after the wipe
+    assert late.check().epoch_state is EpochState.CREATED  # it cannot know by itself
+    noticed = worker.check()
+    assert noticed.epoch_state is EpochState.WIPED and not noticed.safe
+    assert "Redis was wiped" in str(noticed.problems[0])
+    assert noticed.summary()["wiped"] is True
+    # Everyone else now says so too, including a one-off `exolegs check`.
+    assert edge.check().epoch_state is EpochState.WIPED
+    assert late.check().epoch_state is EpochState.WIPED
+    code, output = check(good_env(own_redis.url, str(tmp_path)))
+    assert code == 1 and "problem: Redis data: Redis was wiped" in output
+    assert acknowledge_wipe(client)
+    assert worker.check().safe and edge.check().safe and late.check().safe
+    assert check(good_env(own_redis.url, str(tmp_path)))[0] == 0
+
+
+def test_the_check_clears_a_wipe_notice_on_request(own_redis: RedisServer, tmp_path: str) -> None:
+    watch = RedisWatch(own_redis.client())
+    watch.check()
+    own_redis.client().flushall()
+    watch.check()
+    env = good_env(own_redis.url, str(tmp_path))
+    cli = [sys.executable, "-m", "worker.cli", "check"]
+    run = {"env": {"PATH": "/usr/bin:/bin", **env}, "capture_output": True, "text": True,
+           "timeout": 60, "cwd": str(tmp_path), "check": False}  # fmt: skip
+    assert subprocess.run(cli, **run).returncode == 1  # type: ignore[call-overload]
+    acked = subprocess.run([*cli, "--ack-wipe"], **run)  # type: ignore[call-overload]
+    assert acked.returncode == 0, acked.stdout
+    assert acked.stdout.startswith("wipe notice cleared")

@@ -45,9 +45,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from celery import signals
 
     from worker.celery_app import configure
+    from worker.checks import Watchdog, worker_start
     from worker.runtime import Runtime
 
-    Runtime(settings).sinks  # noqa: B018 - fail now, in one line, on a bad sink URL
+    runtime = Runtime(settings)
+    runtime.sinks  # noqa: B018 - fail now, in one line, on a bad sink URL
+    watch = worker_start(runtime.redis)  # refuses a Redis that may evict
     app = configure(settings)
     import worker.tasks  # noqa: F401 - registers the tasks
 
@@ -67,6 +70,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         argv += ["--pool", args.pool]
     controllers: list[Any] = []
     signals.worker_init.connect(lambda sender=None, **_: controllers.append(sender), weak=False)
+    watchdog = Watchdog(watch)
+    watchdog.look()  # the epoch again, right before work starts
+    signals.worker_ready.connect(lambda **_: watchdog.start(), weak=False)
     app.worker_main(argv)
     # worker_main drops Celery's exit status; a supervisor must see a crash as one.
     return int(getattr(controllers[-1], "exitcode", 0) or 0) if controllers else 1
@@ -116,8 +122,14 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from worker.checks import run_check
+    from worker.checks import acknowledge_wipe, run_check
 
+    if args.ack_wipe:
+        from worker.runtime import connect
+
+        settings = _settings()
+        cleared = acknowledge_wipe(connect(settings.redis_url))
+        print("wipe notice cleared" if cleared else "no wipe notice to clear")
     return run_check()
 
 
@@ -243,9 +255,18 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--fail-code", type=int, default=10715)
     s.add_argument("--rate-limit", help="e.g. 200/minute: answer 429/10724 beyond it")
     s.set_defaults(func=cmd_simulate)
-    sub.add_parser("check", help="print the effective configuration, secrets masked").set_defaults(
-        func=cmd_check
+    c = sub.add_parser(
+        "check",
+        help="print the effective configuration, secrets masked, and check Redis is safe",
+        description="Exit 1 on a problem, e.g. a Redis maxmemory-policy other than noeviction. "
+        "Example: exolegs check",
     )
+    c.add_argument(
+        "--ack-wipe",
+        action="store_true",
+        help="clear the notice that Redis was wiped, once you have checked the sinks",
+    )
+    c.set_defaults(func=cmd_check)
     dead = sub.add_parser("dead", help="dead letters").add_subparsers(dest="dead", required=True)
     dl = dead.add_parser("list")
     dl.add_argument("--json", action="store_true")
