@@ -1,4 +1,4 @@
-"""The helpers every CRM sink shares (worker/sinks/crm.py).
+"""The helpers every CRM sink shares (worker/sinks/crm/).
 
 Agents file (JSON and CSV), phone formats, the status table, durations and
 times, the leg summary, and the OAuth token cache: one mint shared through
