@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import json
 import os
 import re
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -49,6 +51,59 @@ def parse_rate(variable: str, text: str) -> Rate:
     return Rate(float(match.group(1)), _PERIODS[match.group(2).lower()])
 
 
+DEFAULT_ACCOUNT = "default"
+ACCOUNT_NAME_RE = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+_TOKEN_RE = re.compile(r"[A-Za-z0-9._~-]{16,256}")
+_ENV_REF_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_ACCOUNT_FIELDS = frozenset(
+    {
+        "sid",
+        "api_key",
+        "api_token",
+        "region",
+        "base_url",
+        "rate_limit",
+        "callback_tokens",
+        "sinks",
+        "default_country",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Account:
+    """One Exotel account: whose calls arrive on its callback tokens and go to its sinks.
+
+    The single ``EXOTEL_*`` set of variables is the account named ``default``.
+    """
+
+    name: str
+    sid: str | None = None
+    api_key: str | None = None
+    api_token: str | None = field(default=None, repr=False)
+    region: str = "sg"
+    base_url: str | None = None
+    rate_limit: Rate = Rate(200, 60)
+    callback_tokens: tuple[str, ...] = field(default=(), repr=False)
+    sinks: tuple[str, ...] = field(default=(), repr=False)
+    default_country: str = "IN"
+
+    @property
+    def url(self) -> str:
+        return (self.base_url or REGION_HOSTS[self.region]).rstrip("/")
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.sid and self.api_key and self.api_token)
+
+    @property
+    def limit_name(self) -> str:
+        """Its Exotel rate limit and circuit: Exotel limits each account sid on its own."""
+        return (
+            f"exotel:{self.sid or ('unconfigured' if self.name == DEFAULT_ACCOUNT else self.name)}"
+        )
+
+
 @dataclass(frozen=True)
 class Settings:
     exotel_account_sid: str | None = None
@@ -81,6 +136,8 @@ class Settings:
     web_concurrency: int = 2
     worker_concurrency: int | None = None
     max_body_bytes: int = 64 * 1024
+    #: Every account, ``default`` (the EXOTEL_* set) first when there is one.
+    accounts: tuple[Account, ...] = field(default=(), repr=False)
 
     # ------------------------------------------------------------------ build
     @classmethod
@@ -114,6 +171,71 @@ class Settings:
         return bool(self.exotel_account_sid and self.exotel_api_key and self.exotel_api_token)
 
     @property
+    def all_accounts(self) -> tuple[Account, ...]:
+        """The configured accounts; a Settings built by hand has just ``default``."""
+        return self.accounts or (self.default_account(),)
+
+    def default_account(self) -> Account:
+        """The account the single EXOTEL_* set of variables describes."""
+        return Account(
+            name=DEFAULT_ACCOUNT,
+            sid=self.exotel_account_sid,
+            api_key=self.exotel_api_key,
+            api_token=self.exotel_api_token,
+            region=self.exotel_region,
+            base_url=self.exotel_base_url,
+            rate_limit=self.exotel_rate_limit,
+            callback_tokens=self.callback_tokens,
+            sinks=self.sinks,
+            default_country=self.default_country,
+        )
+
+    def account(self, name: str) -> Account:
+        """The account called ``name``; SettingsError naming the known ones otherwise."""
+        for account in self.all_accounts:
+            if account.name == name:
+                return account
+        known = ", ".join(a.name for a in self.all_accounts)
+        raise SettingsError("--account", f"no account named {name!r}; configured: {known}")
+
+    def for_account(self, account: Account | str) -> Settings:
+        """These settings seen from one account: its credentials, host, rate, sinks, country."""
+        acct = self.account(account) if isinstance(account, str) else account
+        return replace(
+            self,
+            exotel_account_sid=acct.sid,
+            exotel_api_key=acct.api_key,
+            exotel_api_token=acct.api_token,
+            exotel_region=acct.region,
+            exotel_base_url=acct.base_url,
+            exotel_rate_limit=acct.rate_limit,
+            callback_tokens=acct.callback_tokens,
+            sinks=acct.sinks,
+            default_country=acct.default_country,
+        )
+
+    @property
+    def token_accounts(self) -> tuple[tuple[str, str, int], ...]:
+        """(callback token, account name, its place in that account's list) for every token."""
+        return tuple(
+            (token, account.name, n)
+            for account in self.all_accounts
+            for n, token in enumerate(account.callback_tokens)
+        )
+
+    @property
+    def any_callback_token(self) -> bool:
+        return any(a.callback_tokens for a in self.all_accounts)
+
+    @property
+    def sink_urls(self) -> tuple[str, ...]:
+        """Every sink URL some account delivers to, each once, the global SINKS first."""
+        seen: dict[str, None] = {}
+        for account in self.all_accounts:
+            seen.update(dict.fromkeys(account.sinks))
+        return tuple(seen)
+
+    @property
     def retention_seconds(self) -> int:
         return int(self.retention_hours * 3600)
 
@@ -126,15 +248,17 @@ class Settings:
         percent-encoded. Logs, errors, Sentry events and the CLI scrub these.
         """
         found = {self.exotel_api_token, self.sentry_dsn, *self.callback_tokens}
-        if self.exotel_api_key and self.exotel_api_token:
-            pair = f"{self.exotel_api_key}:{self.exotel_api_token}".encode()
-            found.add(base64.b64encode(pair).decode())
+        for account in self.all_accounts:
+            found |= {account.api_token, *account.callback_tokens}
+            if account.api_key and account.api_token:
+                pair = f"{account.api_key}:{account.api_token}".encode()
+                found.add(base64.b64encode(pair).decode())
         if self.callback_basic_auth:
             user, password = self.callback_basic_auth
             found |= {password, base64.b64encode(f"{user}:{password}".encode()).decode()}
         if self.sentry_dsn:
             found.update(url_secrets(self.sentry_dsn, username_too=True))
-        for url in (self.redis_url, *self.sinks):
+        for url in (self.redis_url, *self.sinks, *self.sink_urls):
             found.update(url_secrets(url))
         for secret in [s for s in found if s]:
             found |= {quote(secret, safe=""), quote_plus(secret, safe="")}
@@ -209,7 +333,7 @@ def _parse(env: Mapping[str, str]) -> dict[str, Any]:
 
     tokens = tuple(t.strip() for t in (_get(env, "CALLBACK_TOKEN") or "").split(",") if t.strip())
     for token in tokens:
-        if not re.fullmatch(r"[A-Za-z0-9._~-]{16,256}", token):
+        if not _TOKEN_RE.fullmatch(token):
             raise SettingsError(
                 "CALLBACK_TOKEN",
                 "each token must be 16 or more URL-safe characters (letters, digits, . _ ~ -)",
@@ -283,4 +407,207 @@ def _parse(env: Mapping[str, str]) -> dict[str, Any]:
     out["web_concurrency"] = _integer(env, "WEB_CONCURRENCY", 2, minimum=1)
     wc = _get(env, "WORKER_CONCURRENCY")
     out["worker_concurrency"] = _integer(env, "WORKER_CONCURRENCY", 1, minimum=1) if wc else None
+    out["accounts"] = _accounts(env, out)
     return out
+
+
+# ------------------------------------------------------------------ accounts
+def _accounts(env: Mapping[str, str], out: dict[str, Any]) -> tuple[Account, ...]:
+    """``default`` from the EXOTEL_* set, then every account EXOTEL_ACCOUNTS names."""
+    default = Account(
+        name=DEFAULT_ACCOUNT,
+        sid=out["exotel_account_sid"],
+        api_key=out["exotel_api_key"],
+        api_token=out["exotel_api_token"],
+        region=out["exotel_region"],
+        base_url=out["exotel_base_url"],
+        rate_limit=out["exotel_rate_limit"],
+        callback_tokens=out["callback_tokens"],
+        sinks=out["sinks"],
+        default_country=out["default_country"],
+    )
+    raw = _get(env, "EXOTEL_ACCOUNTS")
+    if raw is None:
+        return (default,)
+    table = _load_accounts(raw)
+    accounts: list[Account] = []
+    if default.sid or default.callback_tokens:
+        accounts.append(default)
+    for name, spec in table.items():
+        if not isinstance(name, str) or not ACCOUNT_NAME_RE.fullmatch(name):
+            raise SettingsError(
+                "EXOTEL_ACCOUNTS",
+                f"account name {str(name)[:40]!r} must be 1-32 lower-case letters, digits, "
+                "'_' or '-', starting with a letter",
+            )
+        if name == DEFAULT_ACCOUNT and accounts and accounts[0].name == DEFAULT_ACCOUNT:
+            raise SettingsError(
+                "EXOTEL_ACCOUNTS",
+                "account 'default' is also given by EXOTEL_ACCOUNT_SID/CALLBACK_TOKEN; "
+                "keep one of the two",
+            )
+        accounts.append(_account(env, name, spec, out))
+    if not accounts:
+        raise SettingsError("EXOTEL_ACCOUNTS", "names no account")
+    _check_unique(accounts)
+    return tuple(accounts)
+
+
+def _load_accounts(raw: str) -> dict[str, Any]:
+    """Inline JSON (``{...}``), inline TOML, or the path of a .json / .toml file."""
+    text, source = raw, "inline"
+    if not raw.startswith(("{", "[")) and "\n" not in raw and "=" not in raw:
+        path = Path(raw).expanduser()
+        if not path.is_file():
+            raise SettingsError(
+                "EXOTEL_ACCOUNTS", f"{raw!r} is neither inline JSON/TOML nor a readable file"
+            )
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise SettingsError("EXOTEL_ACCOUNTS", f"cannot read {raw}: {err}") from None
+        source = str(path)
+    as_json = text.lstrip().startswith("{") or source.endswith(".json")
+    try:
+        table = json.loads(text) if as_json else tomllib.loads(text)
+    except json.JSONDecodeError as err:
+        where = f"line {err.lineno} column {err.colno}"
+        raise SettingsError(
+            "EXOTEL_ACCOUNTS", f"{source}: bad JSON at {where}: {err.msg}"
+        ) from None
+    except tomllib.TOMLDecodeError as err:
+        raise SettingsError("EXOTEL_ACCOUNTS", f"{source}: bad TOML: {err}") from None
+    if not isinstance(table, dict):
+        raise SettingsError("EXOTEL_ACCOUNTS", f"{source}: expected a table of accounts by name")
+    return table
+
+
+def _expand(env: Mapping[str, str], where: str, value: str) -> str:
+    """Replace each ``${NAME}`` with that environment variable, so secrets stay out of files."""
+
+    def one(match: re.Match[str]) -> str:
+        found = _get(env, match.group(1))
+        if found is None:
+            raise SettingsError(
+                "EXOTEL_ACCOUNTS", f"{where} refers to ${{{match.group(1)}}}, which is not set"
+            )
+        return found
+
+    return _ENV_REF_RE.sub(one, value).strip()
+
+
+def _account(env: Mapping[str, str], name: str, spec: Any, out: dict[str, Any]) -> Account:
+    var = "EXOTEL_ACCOUNTS"
+    if not isinstance(spec, dict):
+        raise SettingsError(var, f"account {name}: expected a table of settings")
+    unknown = sorted(set(spec) - _ACCOUNT_FIELDS)
+    if unknown:
+        known = ", ".join(sorted(_ACCOUNT_FIELDS))
+        raise SettingsError(var, f"account {name}: unknown field {unknown[0]!r} (known: {known})")
+
+    def text(key: str) -> str | None:
+        value = spec.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise SettingsError(var, f"account {name}: {key} must be a string")
+        return _expand(env, f"account {name}: {key}", value) or None
+
+    def words(key: str) -> tuple[str, ...] | None:
+        value = spec.get(key)
+        if value is None:
+            return None
+        if isinstance(value, str):
+            items = re.split(r"[,\s]+", _expand(env, f"account {name}: {key}", value))
+        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+            items = [
+                w
+                for n, v in enumerate(value)
+                for w in re.split(r"[,\s]+", _expand(env, f"account {name}: {key}[{n}]", v))
+            ]
+        else:
+            raise SettingsError(var, f"account {name}: {key} must be a string or a list of strings")
+        return tuple(i for i in items if i)
+
+    sid = text("sid")
+    if sid is None:
+        raise SettingsError(var, f"account {name}: sid is missing")
+    if not CALL_SID_RE.fullmatch(sid):
+        raise SettingsError(var, f"account {name}: sid must be letters, digits, '_' or '-'")
+    api_key, api_token = text("api_key"), text("api_token")
+    for key, value in (("api_key", api_key), ("api_token", api_token)):
+        if value is None:
+            raise SettingsError(var, f"account {name}: {key} is missing")
+    region = (text("region") or "sg").lower()
+    if region not in REGION_HOSTS:
+        raise SettingsError(var, f"account {name}: region must be 'sg' or 'in', got {region!r}")
+    base = text("base_url")
+    if base is not None:
+        parts = urlsplit(base)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise SettingsError(var, f"account {name}: base_url must look like https://host[:port]")
+    rate_text = text("rate_limit")
+    rate = (
+        parse_rate(f"{var}: account {name}: rate_limit", rate_text) if rate_text else Rate(200, 60)
+    )
+    tokens = words("callback_tokens") or ()
+    if not tokens:
+        raise SettingsError(
+            var, f"account {name}: callback_tokens is missing (the secret in its callback URL)"
+        )
+    for token in tokens:
+        if not _TOKEN_RE.fullmatch(token):
+            raise SettingsError(
+                var,
+                f"account {name}: each callback token must be 16 or more URL-safe characters "
+                "(letters, digits, . _ ~ -)",
+            )
+    sinks = words("sinks")
+    for url in sinks or ():
+        if "://" not in url:
+            raise SettingsError(var, f"account {name}: sink {mask_url(url)!r} is not a URL")
+    country = (text("default_country") or out["default_country"]).upper()
+    import phonenumbers
+
+    if country not in phonenumbers.SUPPORTED_REGIONS:
+        raise SettingsError(
+            var, f"account {name}: default_country {country!r} is not an ISO 3166 region code"
+        )
+    return Account(
+        name=name,
+        sid=sid,
+        api_key=api_key,
+        api_token=api_token,
+        region=region,
+        base_url=base,
+        rate_limit=rate,
+        callback_tokens=tokens,
+        sinks=sinks or out["sinks"],
+        default_country=country,
+    )
+
+
+def _check_unique(accounts: list[Account]) -> None:
+    """Names, sids and callback tokens each belong to one account."""
+    names: set[str] = set()
+    sids: dict[str, str] = {}
+    tokens: dict[str, str] = {}
+    for account in accounts:
+        if account.name in names:
+            raise SettingsError("EXOTEL_ACCOUNTS", f"account {account.name} is named twice")
+        names.add(account.name)
+        if account.sid:
+            if account.sid in sids:
+                raise SettingsError(
+                    "EXOTEL_ACCOUNTS",
+                    f"accounts {sids[account.sid]} and {account.name} have the same sid",
+                )
+            sids[account.sid] = account.name
+        for token in account.callback_tokens:
+            other = tokens.setdefault(token, account.name)
+            if other != account.name:
+                raise SettingsError(
+                    "EXOTEL_ACCOUNTS",
+                    f"accounts {other} and {account.name} share a callback token: the token "
+                    "in the URL is what says whose call it is, so each needs its own",
+                )

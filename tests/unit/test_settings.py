@@ -82,3 +82,162 @@ def test_secrets_are_listed_for_scrubbing() -> None:
     ):
         assert value in secrets
     assert "tok-secret-value" not in repr(s)
+
+
+# ------------------------------------------------------------------ accounts
+TOK_A = "north-callback-token-0123456789"
+TOK_B = "south-callback-token-0123456789"
+
+
+def _two(**south: object) -> str:
+    import json
+
+    accounts = {
+        "north": {
+            "sid": "acme_north",
+            "api_key": "k_north",
+            "api_token": "${NORTH_TOKEN}",
+            "callback_tokens": [TOK_A],
+        },
+        "south": {
+            "sid": "acme_south",
+            "api_key": "k_south",
+            "api_token": "t_south_secret",
+            "region": "in",
+            "rate_limit": "60/minute",
+            "callback_tokens": TOK_B,
+            "sinks": ["memory://south"],
+            "default_country": "sg",
+            **south,
+        },
+    }
+    return json.dumps(accounts)
+
+
+def test_without_exotel_accounts_the_single_set_is_the_default_account() -> None:
+    s = Settings.from_env(
+        {
+            "EXOTEL_ACCOUNT_SID": "acme",
+            "EXOTEL_API_KEY": "k",
+            "EXOTEL_API_TOKEN": "t0123",
+            "CALLBACK_TOKEN": TOK_A,
+            "SINKS": "memory://a",
+        },
+        dotenv=False,
+    )
+    (account,) = s.all_accounts
+    assert account.name == "default"
+    assert (account.sid, account.api_key, account.api_token) == ("acme", "k", "t0123")
+    assert account.callback_tokens == (TOK_A,)
+    assert account.sinks == ("memory://a",)
+    assert account.limit_name == "exotel:acme"
+    assert s.token_accounts == ((TOK_A, "default", 0),)
+
+
+def test_inline_json_accounts_with_env_references() -> None:
+    s = Settings.from_env(
+        {"EXOTEL_ACCOUNTS": _two(), "NORTH_TOKEN": "t_north_secret", "SINKS": "memory://global"},
+        dotenv=False,
+    )
+    assert [a.name for a in s.all_accounts] == ["north", "south"]
+    north, south = s.all_accounts
+    assert north.api_token == "t_north_secret"
+    assert north.url == "https://ccm-api.exotel.com"
+    assert north.sinks == ("memory://global",)  # the global SINKS by default
+    assert north.rate_limit == Rate(200, 60)
+    assert north.default_country == "IN"
+    assert south.url == "https://ccm-api.in.exotel.com"
+    assert south.rate_limit == Rate(60, 60)
+    assert south.sinks == ("memory://south",)
+    assert south.default_country == "SG"
+    assert s.sink_urls == ("memory://global", "memory://south")
+    assert {a for _, a, _ in s.token_accounts} == {"north", "south"}
+    assert "t_north_secret" in s.secrets() and "t_south_secret" in s.secrets()
+    assert TOK_B in s.secrets()
+    view = s.for_account("south")
+    assert (view.exotel_account_sid, view.exotel_url) == ("acme_south", south.url)
+    assert view.default_country == "SG" and view.sinks == ("memory://south",)
+
+
+def test_single_set_stays_as_default_next_to_the_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "accounts.toml"
+    path.write_text(
+        '[east]\nsid = "acme_east"\napi_key = "k"\napi_token = "${EAST_TOKEN}"\n'
+        f'callback_tokens = ["{TOK_B}"]\nsinks = "memory://e1 memory://e2"\n'
+    )
+    s = Settings.from_env(
+        {
+            "EXOTEL_ACCOUNTS": str(path),
+            "EAST_TOKEN": "secret-east",
+            "EXOTEL_ACCOUNT_SID": "acme",
+            "EXOTEL_API_KEY": "k",
+            "EXOTEL_API_TOKEN": "t",
+            "CALLBACK_TOKEN": TOK_A,
+        },
+        dotenv=False,
+    )
+    assert [a.name for a in s.all_accounts] == ["default", "east"]
+    assert s.account("east").sinks == ("memory://e1", "memory://e2")
+    with pytest.raises(SettingsError, match="no account named 'west'; configured: default, east"):
+        s.account("west")
+
+
+@pytest.mark.parametrize(
+    ("south", "message"),
+    [
+        ({"sid": None}, "account south: sid is missing"),
+        ({"api_token": None}, "account south: api_token is missing"),
+        ({"sid": "../x"}, "account south: sid must be"),
+        ({"region": "eu"}, "account south: region must be 'sg' or 'in'"),
+        ({"base_url": "ftp://x"}, "account south: base_url must look like"),
+        ({"rate_limit": "fast"}, "account south: rate_limit: expected N/second"),
+        ({"callback_tokens": []}, "account south: callback_tokens is missing"),
+        ({"callback_tokens": ["short"]}, "account south: each callback token must be 16"),
+        ({"callback_tokens": [TOK_A]}, "accounts north and south share a callback token"),
+        ({"sid": "acme_north"}, "accounts north and south have the same sid"),
+        ({"sinks": ["not a url"]}, "account south: sink 'not' is not a URL"),
+        ({"default_country": "XX"}, "account south: default_country 'XX' is not"),
+        ({"api_key": "${MISSING_KEY}"}, r"account south: api_key refers to \$\{MISSING_KEY\}"),
+        ({"token": "x"}, "account south: unknown field 'token'"),
+        ({"sinks": 3}, "account south: sinks must be a string or a list of strings"),
+    ],
+)
+def test_bad_account_is_one_line_naming_the_account_and_field(
+    south: dict[str, object], message: str
+) -> None:
+    import json
+
+    accounts = json.loads(_two())
+    accounts["south"].update(south)
+    accounts["south"] = {k: v for k, v in accounts["south"].items() if v is not None}
+    with pytest.raises(SettingsError, match=message) as err:
+        Settings.from_env(
+            {"EXOTEL_ACCOUNTS": json.dumps(accounts), "NORTH_TOKEN": "x"}, dotenv=False
+        )
+    assert str(err.value).startswith("EXOTEL_ACCOUNTS: ")
+    assert "\n" not in str(err.value)
+    assert "t_south_secret" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("/nowhere/accounts.toml", "neither inline JSON/TOML nor a readable file"),
+        ('{"north": ', "inline: bad JSON at line 1"),
+        ("north = [", "inline: bad TOML"),
+        ("[1, 2]", "bad TOML"),
+        ('{"North": {}}', "account name 'North' must be"),
+        ('{"north": 3}', "account north: expected a table"),
+        ("{}", "names no account"),
+    ],
+)
+def test_bad_exotel_accounts_value(value: str, message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        Settings.from_env({"EXOTEL_ACCOUNTS": value}, dotenv=False)
+
+
+def test_file_account_default_clashes_with_the_single_set() -> None:
+    accounts = '{"default": {"sid": "x", "api_key": "k", "api_token": "t", ' \
+        f'"callback_tokens": "{TOK_B}"}}}}'  # fmt: skip
+    with pytest.raises(SettingsError, match="account 'default' is also given by"):
+        Settings.from_env({"EXOTEL_ACCOUNTS": accounts, "CALLBACK_TOKEN": TOK_A}, dotenv=False)
