@@ -30,17 +30,17 @@ class Edge:
 
 def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> Flask:
     settings = settings or Settings.from_env()
-    if not settings.callback_tokens:
+    if not settings.any_callback_token:
         raise SettingsError(
             "CALLBACK_TOKEN", "must be set: it is the secret in the callback URL given to Exotel"
         )
     runtime = runtime or Runtime(settings)
     spool = Spool(settings.spool_dir)
 
-    def accept_spooled(fields: dict[str, object]) -> None:
+    def accept_spooled(fields: dict[str, object], account: str) -> None:
         from worker.calls.callbacks import event_from_fields
 
-        runtime.intake.accept(event_from_fields(fields))
+        runtime.intake.accept(event_from_fields(fields), account)
 
     # No static files, no automatic OPTIONS answers, no slash-merging redirects:
     # the only routes are the callback and the health checks (docs/openapi.yaml).

@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 from web.guard import Refusal
 from web.payload import PayloadError, decode_body
 from worker.calls.callbacks import CallbackError, event_from_fields
+from worker.settings import Account
 
 bp = Blueprint("callback", __name__)
 log = logging.getLogger("exolegs.web")
@@ -39,13 +40,32 @@ def refused(refusal: Refusal) -> ResponseReturnValue:
     return jsonify(error=refusal.message), refusal.status, list(refusal.headers)
 
 
+def cross_check(account: Account, call_sid: str, fields: dict[str, object]) -> None:
+    """Say so when the payload names another account; the URL's token still decides.
+
+    Callbacks often carry no AccountSid (the v1 StatusCallback, inbound
+    Passthru), so the payload can never route a call, only raise a doubt.
+    """
+    claimed = fields.get("AccountSid")
+    if isinstance(claimed, str) and claimed and account.sid and claimed != account.sid:
+        log.warning(
+            "call %s arrived on account %s's callback URL (sid %s) but says AccountSid=%.64s; "
+            "routed by the URL: check which URL that Exotel account calls",
+            call_sid,
+            account.name,
+            account.sid,
+            claimed,
+        )
+
+
 @bp.route("/exotel/callback/<token>", methods=["GET", "POST"])
 def callback(token: str) -> ResponseReturnValue:
     edge = current_app.extensions["exolegs"]
     # Allow-list, rate limit, token, Basic: all before a byte of the body is read.
-    refusal = edge.guard.check(request.environ, token)
-    if refusal is not None:
-        return refused(refusal)
+    # The token also says whose callback this is (never the payload).
+    account = edge.guard.authenticate(request.environ, token)
+    if isinstance(account, Refusal):
+        return refused(account)
     try:
         body = request.get_data(cache=False)
         if len(body) > edge.settings.max_body_bytes:  # a streamed body cut one byte over
@@ -58,11 +78,12 @@ def callback(token: str) -> ResponseReturnValue:
         return error(err.status, str(err))
     except CallbackError as err:
         return error(400, str(err))
+    cross_check(edge.runtime.account(account), event.call_sid, fields)
     try:
-        accepted = edge.runtime.intake.accept(event)
+        accepted = edge.runtime.intake.accept(event, account)
     except RedisError as err:
         try:
-            edge.spool.write(fields)
+            edge.spool.write(fields, account)
         except OSError as disk:
             log.error(
                 "call %s: Redis unreachable (%s) and spool %s not writable (%s); "

@@ -141,8 +141,13 @@ class Guard:
         # Tokens are compared as HMACs under a per-process key: equal length,
         # so compare_digest reveals neither the tokens' values nor their lengths.
         self._key = os.urandom(32)
-        self._tokens = tuple(self._digest(t.encode()) for t in settings.callback_tokens)
-        self._fingerprints = tuple(fingerprint(t) for t in settings.callback_tokens)
+        # Every account's tokens; the token in the URL says whose callback it is.
+        tokens = settings.token_accounts
+        self._tokens = tuple(self._digest(t.encode()) for t, _, _ in tokens)
+        self._fingerprints = tuple(fingerprint(t) for t, _, _ in tokens)
+        self._accounts = tuple(name for _, name, _ in tokens)
+        self._positions = tuple(n for _, _, n in tokens)
+        self._counts = {name: self._accounts.count(name) for name in self._accounts}
         self._old_token_noted: dict[int, float] = {}
         self._basic: bytes | None = None
         if settings.callback_basic_auth is not None:
@@ -181,11 +186,13 @@ class Guard:
         if now - self._old_token_noted.get(index, -OLD_TOKEN_NOTE_SECONDS) < OLD_TOKEN_NOTE_SECONDS:
             return
         self._old_token_noted[index] = now
+        account = self._accounts[index]
         log.info(
-            "callback authenticated with CALLBACK_TOKEN entry %d of %d (%s): Exotel still "
+            "callback authenticated with %s entry %d of %d (%s): Exotel still "
             "calls a URL with an older token; remove it once this stops (docs/security.md)",
-            index + 1,
-            len(self._tokens),
+            "CALLBACK_TOKEN" if account == "default" else f"account {account}'s callback_tokens",
+            self._positions[index] + 1,
+            self._counts[account],
             self._fingerprints[index],
         )
 
@@ -228,6 +235,11 @@ class Guard:
 
     def check(self, environ: Mapping[str, Any], token: str) -> Refusal | None:
         """None when the request may proceed, else the :class:`Refusal` to answer with."""
+        outcome = self.authenticate(environ, token)
+        return outcome if isinstance(outcome, Refusal) else None
+
+    def authenticate(self, environ: Mapping[str, Any], token: str) -> Refusal | str:
+        """The name of the account whose token is in the URL, or the :class:`Refusal`."""
         exempt = False
         if self.networks:
             address = client_address(environ, self.trusted_proxies)
@@ -243,10 +255,10 @@ class Guard:
         index = self.token_index(token)
         if index < 0:
             return FORBIDDEN
-        if index > 0:
+        if self._positions[index] > 0:
             self._note_old_token(index)
         if self._basic is not None:
             authorization = environ.get("HTTP_AUTHORIZATION")
             if not self.basic_ok(authorization if isinstance(authorization, str) else None):
                 return UNAUTHORIZED
-        return None
+        return self._accounts[index]

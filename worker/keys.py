@@ -2,22 +2,33 @@
 
 from __future__ import annotations
 
+from worker.settings import DEFAULT_ACCOUNT
+
 PREFIX = "exolegs"
 
 
-def call(call_sid: str) -> str:
+def namespace(account: str = DEFAULT_ACCOUNT) -> str:
+    """Where one account's calls live: ``exolegs`` for ``default``, ``exolegs:acct:<name>`` else.
+
+    A callback on one account's URL can then never mark, fetch or deliver a
+    call of another account, even with the same call sid.
+    """
+    return PREFIX if account == DEFAULT_ACCOUNT else f"{PREFIX}:acct:{account}"
+
+
+def call(call_sid: str, account: str = DEFAULT_ACCOUNT) -> str:
     """Hash of everything received for a call: events seen, callbacks, whether a fetch is booked."""
-    return f"{PREFIX}:call:{call_sid}"
+    return f"{namespace(account)}:call:{call_sid}"
 
 
-def record(call_sid: str) -> str:
+def record(call_sid: str, account: str = DEFAULT_ACCOUNT) -> str:
     """The enriched record (JSON) once fetched, kept for deliveries and replays."""
-    return f"{PREFIX}:record:{call_sid}"
+    return f"{namespace(account)}:record:{call_sid}"
 
 
-def ledger(call_sid: str) -> str:
+def ledger(call_sid: str, account: str = DEFAULT_ACCOUNT) -> str:
     """Hash sink name -> delivered-at: each sink gets each call once."""
-    return f"{PREFIX}:ledger:{call_sid}"
+    return f"{namespace(account)}:ledger:{call_sid}"
 
 
 JOBS = f"{PREFIX}:jobs"  # sorted set: job id -> due time (unix seconds)

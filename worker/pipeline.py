@@ -25,7 +25,7 @@ from worker.errors import (
     RateLimitedError,
 )
 from worker.jobs import JobId, ledger
-from worker.settings import Rate
+from worker.settings import DEFAULT_ACCOUNT, Account, Rate
 
 if TYPE_CHECKING:
     from worker.jobs.circuit import Circuit
@@ -51,25 +51,31 @@ def take_slot(rt: Runtime, job_id: str, limit_name: str, rate: Rate) -> None:
         raise Deferred(-wait * random.uniform(1.0, 1.5), f"{limit_name} gate closed")
 
 
-def load_record(rt: Runtime, call_sid: str) -> CallRecord | None:
-    raw = rt.redis.get(keys.record(call_sid))
+def load_record(rt: Runtime, call_sid: str, account: str = DEFAULT_ACCOUNT) -> CallRecord | None:
+    raw = rt.redis.get(keys.record(call_sid, account))
     return json.loads(raw) if raw else None
 
 
 def build_call_record(
-    rt: Runtime, body: dict[str, Any], callback: tuple[dict[str, Any], str | None, str | None]
+    rt: Runtime,
+    body: dict[str, Any],
+    callback: tuple[dict[str, Any], str | None, str | None],
+    account: str = DEFAULT_ACCOUNT,
 ) -> CallRecord:
+    """The record, numbers read in the account's DEFAULT_COUNTRY, naming the account."""
     from worker.calls.enrich import build_record, leg_details_of
 
     fields, status, direction = callback
-    return build_record(
+    record = build_record(
         leg_details_of(body),
         fields,
-        default_country=rt.settings.default_country,
+        default_country=rt.account(account).default_country,
         fetched_at=datetime.now(UTC),
         direction=direction,
         status=status,
     )
+    record["account"] = account
+    return record
 
 
 # A sink that fails this many times in a row (timeouts, 5xx) is treated like a
@@ -144,39 +150,68 @@ def _trip(
 
 
 def upstream_of(rt: Runtime, job: JobId) -> str:
-    """The name of the upstream a job calls: its circuit and rate limit."""
-    return rt.exotel_limit_name if job.kind == jobs.FETCH else f"sink:{job.sink}"
+    """The name of the upstream a job calls: its circuit and rate limit.
+
+    A fetch calls its own account's Exotel (``exotel:<sid>``), so one
+    account's 401s or 429s never hold up another's; a sink several accounts
+    share has one circuit and one rate limit, as it is one upstream.
+    """
+    if job.kind == jobs.FETCH:
+        account = rt.accounts.get(job.account)
+        return account.limit_name if account else f"exotel:{job.account}"
+    return f"sink:{job.sink}"
 
 
-def fetch_call(rt: Runtime, call_sid: str, *, circuit_open: bool | None = None) -> CallRecord:
-    """Fetch the legs once, keep the record, and book one delivery per sink."""
+def account_of(rt: Runtime, name: str, call_sid: str) -> Account:
+    """The job's account; a job of an account no longer configured cannot run (permanent)."""
+    account = rt.accounts.get(name)
+    if account is None:
+        raise PermanentError(
+            f"call {call_sid}: account {name!r} is no longer configured (EXOTEL_ACCOUNTS); "
+            "add it back and replay, or purge the dead letter"
+        )
+    return account
+
+
+def fetch_call(
+    rt: Runtime,
+    call_sid: str,
+    *,
+    account: str = DEFAULT_ACCOUNT,
+    circuit_open: bool | None = None,
+) -> CallRecord:
+    """Fetch the legs once, keep the record, and book one delivery per sink of the account."""
+    acct = account_of(rt, account, call_sid)
     pipe = rt.redis.pipeline(transaction=False)
-    pipe.get(keys.record(call_sid))
-    pipe.hmget(keys.call(call_sid), CALLBACK_FIELDS)
+    pipe.get(keys.record(call_sid, account))
+    pipe.hmget(keys.call(call_sid, account), CALLBACK_FIELDS)
     raw_record, raw_callback = pipe.execute()
     if raw_record:
         record: CallRecord = json.loads(raw_record)
     else:
+        client = rt.exotel_for(account)
         body = call_upstream(
             rt,
-            jobs.fetch_id(call_sid),
-            rt.exotel_limit_name,
-            rt.settings.exotel_rate_limit,
-            lambda: rt.exotel.fetch_legs(call_sid),
+            jobs.fetch_id(call_sid, account),
+            acct.limit_name,
+            acct.rate_limit,
+            lambda: client.fetch_legs(call_sid),
             circuit_open=circuit_open,
         )
-        record = build_call_record(rt, body, parse_callback(raw_callback))
+        record = build_call_record(rt, body, parse_callback(raw_callback), account)
     # The record and its deliveries in one round trip; a sink that already has
     # the call finishes its delivery job at once (the ledger says so).
     pipe = rt.redis.pipeline(transaction=True)
     if not raw_record:
         pipe.set(
-            keys.record(call_sid),
+            keys.record(call_sid, account),
             json.dumps(record, separators=(",", ":"), default=str),
             ex=rt.settings.retention_seconds,
         )
     now = time.time()
-    pipe.zadd(keys.JOBS, {jobs.deliver_id(call_sid, name): now for name in rt.sinks}, nx=True)
+    deliveries = {jobs.deliver_id(call_sid, name, account): now for name in rt.sinks_of(account)}
+    if deliveries:
+        pipe.zadd(keys.JOBS, deliveries, nx=True)
     pipe.execute()
     return record
 
@@ -186,29 +221,37 @@ def deliver_call(
     call_sid: str,
     sink_name: str,
     *,
+    account: str = DEFAULT_ACCOUNT,
     force: bool = False,
     circuit_open: bool | None = None,
 ) -> bool:
     """Deliver the stored record to one sink; True when it was delivered now."""
-    sink = rt.sinks.get(sink_name)
+    account_of(rt, account, call_sid)
+    sink = rt.sinks_of(account).get(sink_name)
     if sink is None:
+        where = "SINKS" if account == DEFAULT_ACCOUNT else f"account {account}'s sinks"
         raise PermanentError(
-            f"call {call_sid}: sink {sink_name!r} is no longer configured (SINKS); "
+            f"call {call_sid}: sink {sink_name!r} is no longer configured ({where}); "
             "add it back and replay, or purge the dead letter"
         )
-    record = load_record(rt, call_sid)
+    record = load_record(rt, call_sid, account)
     if record is None:
         # Past retention, or a replay long after: fetch again; the fetch books deliveries.
-        rt.redis.hdel(keys.call(call_sid), "fetch")
-        rt.book.schedule(jobs.fetch_id(call_sid))
+        rt.redis.hdel(keys.call(call_sid, account), "fetch")
+        rt.book.schedule(jobs.fetch_id(call_sid, account))
         return False
     return call_upstream(
         rt,
-        jobs.deliver_id(call_sid, sink_name),
+        jobs.deliver_id(call_sid, sink_name, account),
         f"sink:{sink_name}",
         sink.rate_limit,
         lambda: ledger.deliver_once(
-            rt.redis, sink, record, retention_seconds=rt.settings.retention_seconds, force=force
+            rt.redis,
+            sink,
+            record,
+            retention_seconds=rt.settings.retention_seconds,
+            force=force,
+            account=account,
         ),
         circuit_open=circuit_open,
     )

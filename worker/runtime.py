@@ -13,7 +13,7 @@ from worker.jobs import JobBook
 from worker.jobs.circuit import Circuit
 from worker.jobs.deadletters import DeadLetters
 from worker.jobs.ratelimit import RateLimiter
-from worker.settings import Settings
+from worker.settings import Account, Settings
 
 if TYPE_CHECKING:
     from worker.calls.exotel import ExotelClient
@@ -67,30 +67,69 @@ class Runtime:
             fetch_delay=self.settings.fetch_delay_seconds,
         )
 
+    # ------------------------------------------------------------ accounts
     @cached_property
-    def exotel(self) -> ExotelClient:
+    def accounts(self) -> dict[str, Account]:
+        """Every configured account by name; the first is the one commands use by default."""
+        return {a.name: a for a in self.settings.all_accounts}
+
+    @property
+    def first_account(self) -> str:
+        return next(iter(self.accounts))
+
+    def account(self, name: str) -> Account:
+        """The account ``name``; SettingsError (naming the configured ones) if there is none."""
+        found = self.accounts.get(name)
+        return found if found is not None else self.settings.account(name)
+
+    def exotel_for(self, account: str) -> ExotelClient:
+        """The Exotel client holding one account's credentials (one pooled session each)."""
         from worker.calls.exotel import ExotelClient
 
-        return ExotelClient(self.settings)
+        client = self._exotel.get(account)
+        if client is None:
+            made = ExotelClient(self.settings.for_account(self.account(account)))
+            client = self._exotel.setdefault(account, made)
+            if client is not made:  # another thread made one first
+                made.close()
+        return client
+
+    @cached_property
+    def _exotel(self) -> dict[str, ExotelClient]:
+        return {}
+
+    @property
+    def exotel(self) -> ExotelClient:
+        return self.exotel_for(self.first_account)
 
     @property
     def exotel_limit_name(self) -> str:
-        return f"exotel:{self.settings.exotel_account_sid or 'unconfigured'}"
+        return self.account(self.first_account).limit_name
 
     def circuit(self, name: str) -> Circuit:
         """The configuration-fault circuit of an upstream (``exotel:<sid>``, ``sink:<name>``)."""
         return Circuit(self.redis, name, probe_interval=self.settings.circuit_probe_seconds)
 
     @cached_property
-    def sinks(self) -> dict[str, Sink]:
-        from worker.sinks.base import SinkContext
-        from worker.sinks.registry import build_sinks
+    def _sinks(self) -> tuple[dict[str, Sink], dict[str, tuple[str, ...]]]:
+        from worker.sinks.registry import build_account_sinks
 
-        return build_sinks(self.settings.sinks, SinkContext(self.settings, self.redis))
+        return build_account_sinks(self.settings, self.redis)
+
+    @property
+    def sinks(self) -> dict[str, Sink]:
+        """Every sink of every account, by name (a sink several accounts share is one)."""
+        return self._sinks[0]
+
+    def sinks_of(self, account: str) -> dict[str, Sink]:
+        """The sinks one account delivers to."""
+        names = self._sinks[1].get(self.account(account).name, ())
+        return {name: self.sinks[name] for name in names}
 
     def close(self) -> None:
-        if "sinks" in self.__dict__:
+        if "_sinks" in self.__dict__:
             for sink in self.sinks.values():
                 sink.close()
-        if "exotel" in self.__dict__:
-            self.exotel.close()
+        if "_exotel" in self.__dict__:
+            for client in self._exotel.values():
+                client.close()

@@ -19,19 +19,33 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from worker.settings import DEFAULT_ACCOUNT
+
 log = logging.getLogger("exolegs.spool")
 
 CLAIM_TIMEOUT = 60.0
+
+
+def account_of(path: Path) -> str:
+    """``<time>-<id>.json`` is the default account's, ``<time>-<id>.<account>.json`` another's."""
+    parts = path.name.removesuffix(".json").split(".")
+    return parts[2] if len(parts) == 3 else DEFAULT_ACCOUNT
 
 
 class Spool:
     def __init__(self, directory: Path) -> None:
         self.dir = Path(directory)
 
-    def write(self, fields: dict[str, Any]) -> Path:
-        """Persist one callback durably; raises OSError when the disk cannot take it."""
+    def write(self, fields: dict[str, Any], account: str = DEFAULT_ACCOUNT) -> Path:
+        """Persist one callback durably; raises OSError when the disk cannot take it.
+
+        The account it arrived for is in the file name (``<time>-<id>.<account>.json``),
+        never in the body, which is only what the client sent.
+        """
         self.dir.mkdir(parents=True, exist_ok=True)
         name = f"{time.time():.6f}-{uuid.uuid4().hex}"
+        if account != DEFAULT_ACCOUNT:
+            name = f"{name}.{account}"
         tmp = self.dir / f".{name}.tmp"
         final = self.dir / f"{name}.json"
         data = json.dumps(fields, separators=(",", ":"), default=str).encode()
@@ -69,7 +83,7 @@ class Spool:
             except FileNotFoundError:
                 continue
 
-    def drain(self, accept: Callable[[dict[str, Any]], None]) -> int:
+    def drain(self, accept: Callable[[dict[str, Any], str], None]) -> int:
         """Hand every spooled callback to ``accept``; stops at the first failure."""
         if not self.dir.is_dir():
             return 0
@@ -89,7 +103,7 @@ class Spool:
                 log.error("spooled callback %s is unreadable (%s); kept as %s", path, err, bad)
                 continue
             try:
-                accept(fields)
+                accept(fields, account_of(path))
             except Exception:
                 os.replace(claimed, path)  # keep it for the next round
                 raise
@@ -102,7 +116,7 @@ class Drainer:
     """Background thread that empties the spool whenever Redis is reachable."""
 
     def __init__(
-        self, spool: Spool, accept: Callable[[dict[str, Any]], None], interval: float = 1.0
+        self, spool: Spool, accept: Callable[[dict[str, Any], str], None], interval: float = 1.0
     ) -> None:
         self.spool = spool
         self.accept = accept

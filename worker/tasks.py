@@ -15,6 +15,7 @@ from worker.jobs import JobId
 from worker.jobs.pump import Pump
 from worker.jobs.retry import DEAD, PARK, decide
 from worker.runtime import Runtime
+from worker.settings import DEFAULT_ACCOUNT
 
 log = logging.getLogger("exolegs.tasks")
 
@@ -25,24 +26,26 @@ BATCH_BUDGET_FRACTION = 0.25
 
 
 @app.task(name="exolegs.fetch_legs", ignore_result=True)
-def fetch_legs(call_sids: list[str]) -> list[str]:
-    """Fetch and enrich each call (a batch when there is a backlog)."""
-    return run_batch(app.runtime(), [JobId(jobs.FETCH, sid) for sid in call_sids])
+def fetch_legs(call_sids: list[str], account: str = DEFAULT_ACCOUNT) -> list[str]:
+    """Fetch and enrich each call of one account (a batch when there is a backlog)."""
+    return run_batch(app.runtime(), [JobId(jobs.FETCH, sid, None, account) for sid in call_sids])
 
 
 @app.task(name="exolegs.deliver", ignore_result=True)
-def deliver(call_sids: list[str], sink: str) -> list[str]:
-    """Deliver each call to one sink; other sinks have their own tasks."""
-    return run_batch(app.runtime(), [JobId(jobs.DELIVER, sid, sink) for sid in call_sids])
+def deliver(call_sids: list[str], sink: str, account: str = DEFAULT_ACCOUNT) -> list[str]:
+    """Deliver each call of one account to one sink; other sinks have their own tasks."""
+    return run_batch(app.runtime(), [JobId(jobs.DELIVER, sid, sink, account) for sid in call_sids])
 
 
 def dispatch(batch: list[JobId]) -> None:
+    """One message per batch; a batch holds one kind of job of one account (and one sink)."""
     first = batch[0]
     sids = [job.call_sid for job in batch]
+    extra = {} if first.account == DEFAULT_ACCOUNT else {"account": first.account}
     if first.kind == jobs.FETCH:
-        fetch_legs.apply_async(args=[sids])
+        fetch_legs.apply_async(args=[sids], kwargs=extra)
     else:
-        deliver.apply_async(args=[sids, first.sink])
+        deliver.apply_async(args=[sids, first.sink], kwargs=extra)
 
 
 def run_batch(rt: Runtime, batch: list[JobId]) -> list[str]:
@@ -69,12 +72,15 @@ def execute(rt: Runtime, job: JobId) -> str:
     attempt = started.attempt
     try:
         if job.kind == jobs.FETCH:
-            pipeline.fetch_call(rt, job.call_sid, circuit_open=started.circuit_open)
+            pipeline.fetch_call(
+                rt, job.call_sid, account=job.account, circuit_open=started.circuit_open
+            )
         else:
             pipeline.deliver_call(
                 rt,
                 job.call_sid,
                 job.sink or "",
+                account=job.account,
                 force=started.force,
                 circuit_open=started.circuit_open,
             )
@@ -105,7 +111,7 @@ def _failed(rt: Runtime, job: JobId, attempt: int, err: ExolegsError) -> str:
     if decision.action == DEAD:
         from worker.calls.intake import terminal_callback
 
-        callback, _, _ = terminal_callback(rt.redis, job.call_sid)
+        callback, _, _ = terminal_callback(rt.redis, job.call_sid, job.account)
         reason = "permanent error" if err.kind is Kind.PERMANENT else "retries exhausted"
         rt.dead.add(
             job,
@@ -129,7 +135,7 @@ def _failed(rt: Runtime, job: JobId, attempt: int, err: ExolegsError) -> str:
         log.debug("%s parked for %.0fs: %s", context, decision.delay, err.message)
         return "parked"
     if err.kind is Kind.RATE_LIMITED and job.kind == jobs.FETCH and err.retry_after:
-        rt.limiter.block(rt.exotel_limit_name, err.retry_after)
+        rt.limiter.block(pipeline.upstream_of(rt, job), err.retry_after)
     rt.book.reschedule(job_id, decision.delay)
     log.warning("%s will retry in %.1fs: %s", context, decision.delay, err.message)
     return "retry"

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from worker import jobs, keys
+from worker.settings import DEFAULT_ACCOUNT
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -56,7 +57,8 @@ class Intake:
         self.fetch_delay = fetch_delay
         self._accept = redis.register_script(_ACCEPT)
 
-    def accept(self, event: CallbackEvent) -> Accepted:
+    def accept(self, event: CallbackEvent, account: str = DEFAULT_ACCOUNT) -> Accepted:
+        """Remember the callback in ``account``'s namespace and book its fetch there."""
         sid = event.call_sid
         payload = json.dumps(
             {"event": event.event, "status": event.status, "fields": event.fields},
@@ -65,12 +67,12 @@ class Intake:
         )
         result = int(
             self._accept(
-                keys=[keys.call(sid), keys.JOBS],
+                keys=[keys.call(sid, account), keys.JOBS],
                 args=[
                     self.retention_seconds,
                     payload,
                     "1" if event.terminal else "0",
-                    jobs.fetch_id(sid),
+                    jobs.fetch_id(sid, account),
                     self.fetch_delay,
                     event.dedupe_key,
                     event.direction or "",
@@ -90,6 +92,8 @@ def parse_callback(raw: list[Any]) -> tuple[dict[str, Any], str | None, str | No
     return terminal.get("fields") or {}, terminal.get("status"), direction
 
 
-def terminal_callback(redis: Redis, call_sid: str) -> tuple[dict[str, Any], str | None, str | None]:
+def terminal_callback(
+    redis: Redis, call_sid: str, account: str = DEFAULT_ACCOUNT
+) -> tuple[dict[str, Any], str | None, str | None]:
     """The terminal callback's fields, its normalised status and the call's direction."""
-    return parse_callback(redis.hmget(keys.call(call_sid), CALLBACK_FIELDS))
+    return parse_callback(redis.hmget(keys.call(call_sid, account), CALLBACK_FIELDS))

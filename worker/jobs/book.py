@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from worker import keys
+from worker.settings import DEFAULT_ACCOUNT
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -79,12 +80,18 @@ class Started:
     circuit_open: bool = False
 
 
-def fetch_id(call_sid: str) -> str:
-    return f"{FETCH}:{call_sid}"
+def _account_prefix(account: str) -> str:
+    """A job of an account other than ``default`` starts ``<account>/``: its credentials,
+    rate limit, circuit and keys come from that account."""
+    return "" if account == DEFAULT_ACCOUNT else f"{account}/"
 
 
-def deliver_id(call_sid: str, sink: str) -> str:
-    return f"{DELIVER}:{call_sid}:{sink}"
+def fetch_id(call_sid: str, account: str = DEFAULT_ACCOUNT) -> str:
+    return f"{_account_prefix(account)}{FETCH}:{call_sid}"
+
+
+def deliver_id(call_sid: str, sink: str, account: str = DEFAULT_ACCOUNT) -> str:
+    return f"{_account_prefix(account)}{DELIVER}:{call_sid}:{sink}"
 
 
 @dataclass(frozen=True)
@@ -92,20 +99,23 @@ class JobId:
     kind: str
     call_sid: str
     sink: str | None = None
+    account: str = DEFAULT_ACCOUNT
 
     @classmethod
     def parse(cls, raw: str | bytes) -> JobId:
         text = raw.decode() if isinstance(raw, bytes) else raw
-        kind, _, rest = text.partition(":")
+        head, _, rest = text.partition(":")
+        account, _, kind = head.rpartition("/")
+        account = account or DEFAULT_ACCOUNT
         if kind == DELIVER:
             call_sid, _, sink = rest.partition(":")
-            return cls(kind, call_sid, sink)
-        return cls(kind, rest)
+            return cls(kind, call_sid, sink, account)
+        return cls(kind, rest, None, account)
 
     def __str__(self) -> str:
         if self.kind == DELIVER:
-            return deliver_id(self.call_sid, self.sink or "")
-        return fetch_id(self.call_sid)
+            return deliver_id(self.call_sid, self.sink or "", self.account)
+        return fetch_id(self.call_sid, self.account)
 
 
 @dataclass

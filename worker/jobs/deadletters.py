@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from worker import keys
 from worker.jobs import DELIVER, JobBook, JobId
+from worker.settings import DEFAULT_ACCOUNT
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -29,6 +30,7 @@ class DeadLetter:
     upstream_status: int | None = None
     upstream_code: int | str | None = None
     callback: dict[str, Any] | None = None
+    account: str = DEFAULT_ACCOUNT
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,6 +74,7 @@ class DeadLetters:
             upstream_status=upstream_status,
             upstream_code=upstream_code,
             callback=callback,
+            account=job.account,
         )
         pipe = self.redis.pipeline()
         pipe.set(keys.dead(job_id), json.dumps(letter.to_json(), default=str))
@@ -82,8 +85,15 @@ class DeadLetters:
         return letter
 
     def __iter__(self) -> Iterator[DeadLetter]:
+        return self.listed()
+
+    def listed(self, account: str | None = None) -> Iterator[DeadLetter]:
+        """Every dead letter, oldest first; only one account's with ``account``."""
         for raw_id in self.redis.zrange(keys.DEAD, 0, -1):
-            letter = self.get(_text(raw_id))
+            job_id = _text(raw_id)
+            if account is not None and JobId.parse(job_id).account != account:
+                continue
+            letter = self.get(job_id)
             if letter is not None:
                 yield letter
 
@@ -91,8 +101,8 @@ class DeadLetters:
         raw = self.redis.get(keys.dead(job_id))
         return DeadLetter(**json.loads(raw)) if raw else None
 
-    def for_call(self, call_sid: str) -> list[DeadLetter]:
-        return [d for d in self if d.call_sid == call_sid]
+    def for_call(self, call_sid: str, account: str | None = None) -> list[DeadLetter]:
+        return [d for d in self.listed(account) if d.call_sid == call_sid]
 
     def count(self) -> int:
         return int(self.redis.zcard(keys.DEAD))
@@ -108,9 +118,12 @@ class DeadLetters:
         pipe.zrem(keys.DEAD, letter.job_id)
         pipe.execute()
 
-    def purge(self, older_than_seconds: float) -> int:
+    def purge(self, older_than_seconds: float, account: str | None = None) -> int:
+        """Drop dead letters older than that (only one account's with ``account``)."""
         cutoff = time.time() - older_than_seconds
-        ids = self.redis.zrangebyscore(keys.DEAD, "-inf", cutoff)
+        ids = [_text(i) for i in self.redis.zrangebyscore(keys.DEAD, "-inf", cutoff)]
+        if account is not None:
+            ids = [i for i in ids if JobId.parse(i).account == account]
         if not ids:
             return 0
         pipe = self.redis.pipeline()

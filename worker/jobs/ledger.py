@@ -12,6 +12,7 @@ import time
 from typing import TYPE_CHECKING
 
 from worker import keys
+from worker.settings import DEFAULT_ACCOUNT
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -22,18 +23,26 @@ if TYPE_CHECKING:
 PENDING = "pending"
 
 
-def _state(redis: Redis, call_sid: str, sink_name: str) -> str | None:
-    raw = redis.hget(keys.ledger(call_sid), sink_name)
+def _state(
+    redis: Redis, call_sid: str, sink_name: str, account: str = DEFAULT_ACCOUNT
+) -> str | None:
+    raw = redis.hget(keys.ledger(call_sid, account), sink_name)
     return raw.decode() if isinstance(raw, bytes) else raw
 
 
-def delivered(redis: Redis, call_sid: str, sink_name: str) -> bool:
-    state = _state(redis, call_sid, sink_name)
+def delivered(redis: Redis, call_sid: str, sink_name: str, account: str = DEFAULT_ACCOUNT) -> bool:
+    state = _state(redis, call_sid, sink_name, account)
     return state is not None and not state.startswith(PENDING)
 
 
-def mark_delivered(redis: Redis, call_sid: str, sink_name: str, retention_seconds: int) -> None:
-    key = keys.ledger(call_sid)
+def mark_delivered(
+    redis: Redis,
+    call_sid: str,
+    sink_name: str,
+    retention_seconds: int,
+    account: str = DEFAULT_ACCOUNT,
+) -> None:
+    key = keys.ledger(call_sid, account)
     pipe = redis.pipeline()
     pipe.hset(key, sink_name, f"{time.time():.3f}")
     pipe.expire(key, retention_seconds)
@@ -60,11 +69,16 @@ def deliver_once(
     *,
     retention_seconds: int,
     force: bool = False,
+    account: str = DEFAULT_ACCOUNT,
 ) -> bool:
-    """Deliver unless the ledger says this sink has the call; True when delivered now."""
+    """Deliver unless the ledger says this sink has the call; True when delivered now.
+
+    The ledger lives in the account's namespace: a sink several accounts
+    share gets each account's call once.
+    """
     call_sid = str(record["call_sid"])
     raw = redis.register_script(_CLAIM)(
-        keys=[keys.ledger(call_sid)],
+        keys=[keys.ledger(call_sid, account)],
         args=[sink.name, f"{PENDING}:{time.time():.3f}", retention_seconds, "1" if force else ""],
     )
     prior = raw.decode() if isinstance(raw, bytes) else str(raw)
@@ -73,8 +87,8 @@ def deliver_once(
     if prior.startswith(PENDING) and not force and not sink.native_idempotency:
         # An earlier attempt died mid-delivery: ask the destination before writing again.
         if sink.lookup(call_sid):
-            mark_delivered(redis, call_sid, sink.name, retention_seconds)
+            mark_delivered(redis, call_sid, sink.name, retention_seconds, account)
             return False
     sink.deliver(record)
-    mark_delivered(redis, call_sid, sink.name, retention_seconds)
+    mark_delivered(redis, call_sid, sink.name, retention_seconds, account)
     return True

@@ -14,10 +14,10 @@ log = logging.getLogger("exolegs.jobs")
 class Pump:
     """Moves due jobs from the book to Celery; one per worker process, all cooperating.
 
-    Jobs of the same kind (and sink) go to Celery in small batches, so a
-    backlog does not pay a task's overhead per job, while one slow sink only
-    ever holds up its own deliveries. The pump tops the broker queue up to
-    ``high_water`` messages and no further: a job waiting in the queue longer
+    Jobs of the same kind, account (and sink) go to Celery in small batches, so a
+    backlog does not pay a task's overhead per job, while one slow sink or
+    one account's failing Exotel only ever holds up its own jobs. The pump tops
+    the broker queue up to ``high_water`` messages and no further: a job waiting in the queue longer
     than its lease would otherwise be claimed and sent a second time.
     """
 
@@ -45,10 +45,10 @@ class Pump:
         if room <= 0:
             return 0
         claimed = self.book.claim(room * self.batch)
-        groups: dict[tuple[str, str | None], list[JobId]] = {}
+        groups: dict[tuple[str, str, str | None], list[JobId]] = {}
         for raw in claimed:
             job = JobId.parse(raw)
-            groups.setdefault((job.kind, job.sink), []).append(job)
+            groups.setdefault((job.kind, job.account, job.sink), []).append(job)
         for group in groups.values():
             # Small backlogs go one job per message, for latency and spread.
             size = max(1, min(self.batch, len(group) // 4))

@@ -7,11 +7,17 @@ never stops the sinks that do work.
 from __future__ import annotations
 
 from importlib.metadata import EntryPoint, entry_points
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from worker.errors import SettingsError
 from worker.redact import mask_url
 from worker.sinks.base import Sink, SinkContext
+
+if TYPE_CHECKING:
+    from redis import Redis
+
+    from worker.settings import Settings
 
 GROUP = "exolegs.sinks"
 
@@ -69,10 +75,45 @@ def build_sinks(urls: tuple[str, ...] | list[str], context: SinkContext) -> dict
     """
     sinks: dict[str, Sink] = {}
     for url in urls:
-        sink = build_sink(url, context)
-        base, n = sink.name, 2
-        while sink.name in sinks:
-            sink.name = f"{base}-{n}"
-            n += 1
-        sinks[sink.name] = sink
+        _add(sinks, build_sink(url, context))
     return sinks
+
+
+def _add(sinks: dict[str, Sink], sink: Sink) -> None:
+    base, n = sink.name, 2
+    while sink.name in sinks:
+        sink.name = f"{base}-{n}"
+        n += 1
+    sinks[sink.name] = sink
+
+
+def build_account_sinks(
+    settings: Settings, redis: Redis | None = None
+) -> tuple[dict[str, Sink], dict[str, tuple[str, ...]]]:
+    """Every sink some account uses, built once per URL, and each account's sink names.
+
+    A URL several accounts list is one sink, with one name, one rate limit and
+    one circuit. The global SINKS come first, so they keep the names they have
+    with a single account; a sink only one account lists is built with that
+    account's settings (its DEFAULT_COUNTRY).
+    """
+    sinks: dict[str, Sink] = {}
+    by_url: dict[str, Sink] = {}
+    by_account: dict[str, tuple[str, ...]] = {}
+    accounts = settings.all_accounts
+    shared = set(settings.sinks)
+    for url in settings.sinks:
+        if any(url in a.sinks for a in accounts) and url not in by_url:
+            by_url[url] = build_sink(url, SinkContext(settings, redis))
+            _add(sinks, by_url[url])
+    for account in accounts:
+        for url in account.sinks:
+            if url not in by_url:
+                owners = [a for a in accounts if url in a.sinks]
+                view = settings.for_account(account) if len(owners) == 1 else settings
+                by_url[url] = build_sink(
+                    url, SinkContext(view if url not in shared else settings, redis)
+                )
+                _add(sinks, by_url[url])
+        by_account[account.name] = tuple(dict.fromkeys(by_url[u].name for u in account.sinks))
+    return sinks, by_account
