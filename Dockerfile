@@ -8,16 +8,18 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
 
-# Extras to install with the package, e.g. `docker build --build-arg EXTRAS=sql .`
-# for the SQL sink's drivers. Never `dev`: tests and linters stay out of the image.
-ARG EXTRAS=""
-
 RUN useradd --create-home --uid 10001 --user-group exolegs
+
+# The production dependencies (the SQL sink's drivers included), pinned with
+# hashes in requirements.lock (`make lock`); no test or lint tool. Their layer
+# is reused until the lock changes.
+COPY requirements.lock /tmp/
+RUN pip install --require-hashes --no-deps -r /tmp/requirements.lock && rm /tmp/requirements.lock
 
 COPY pyproject.toml README.md /tmp/src/
 COPY web /tmp/src/web
 COPY worker /tmp/src/worker
-RUN pip install "/tmp/src${EXTRAS:+[$EXTRAS]}" && rm -rf /tmp/src
+RUN pip install --no-deps /tmp/src && rm -rf /tmp/src
 
 # ./var under the working directory holds the callback spool (SPOOL_DIR) and the
 # default JSONL sink file; mount a volume here to keep them (docker-compose.yml does).

@@ -23,6 +23,7 @@ from typing import Any
 
 import redis
 
+from worker.errors import SettingsError
 from worker.settings import Settings
 
 VAR = Path("var")
@@ -77,8 +78,15 @@ def find_redis(settings: Settings) -> tuple[str, str, Any]:
                 return url, f"redis-server (data in {data}/)", proc
             time.sleep(0.05)
         proc.kill()
-    from fakeredis import TcpFakeServer
-
+    try:
+        from fakeredis import TcpFakeServer
+    except ImportError:
+        raise SettingsError(
+            "REDIS_URL",
+            "is not set, no redis-server is on PATH and the embedded Redis is not installed: "
+            "install redis-server, or run `make run` (it installs the embedded one), "
+            "or set REDIS_URL",
+        ) from None
     server = TcpFakeServer(("127.0.0.1", port), server_type="redis")
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return url, "EMBEDDED in-process Redis (NOT durable: queued work is lost on exit)", server

@@ -1,0 +1,110 @@
+"""A newcomer's first run: fresh clone, ``make run``, seconds until the first served request.
+
+Each round clones the committed ``--ref`` into a temporary directory twice and
+times, from ``make`` starting to the first ``200`` from ``GET /healthz``:
+
+- ``make run``: installs what running needs (the package and its embedded Redis);
+- ``make venv run``: installs the test and lint tools too first, as ``make run``
+  once did (the baseline).
+
+Both start from nothing: a new clone, no ``.venv``, an empty pip cache of their
+own (``PIP_CACHE_DIR`` in the temporary directory), no ``REDIS_URL``,
+``CALLBACK_TOKEN``, ``SINKS`` or Exotel credentials from this shell. They
+alternate, and the ratio is printed per round.
+
+    .venv/bin/python bench/first_run.py              # 1 round, ~2 minutes here
+    .venv/bin/python bench/first_run.py --rounds 2
+
+The absolute times depend on the package index (this machine's is a local
+mirror; a laptop downloads): read the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from urllib.error import URLError
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import ROOT, free_port
+
+# Settings a developer's shell may carry that would change what a newcomer sees.
+SCRUB = ("REDIS_URL", "REDIS_TLS_URL", "CALLBACK_TOKEN", "SINKS", "PORT", "SPOOL_DIR",
+         "EXOTEL_ACCOUNT_SID", "EXOTEL_API_KEY", "EXOTEL_API_TOKEN", "EXOTEL_BASE_URL",
+         "VIRTUAL_ENV", "PYTHONPATH")
+VARIANTS = {"make run": ["make", "run"], "make venv run (test tools too)": ["make", "venv", "run"]}
+
+
+def served(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as resp:
+            return bool(resp.status == 200)
+    except (URLError, OSError):
+        return False
+
+
+def first_run(ref: str, argv: list[str], tmp: Path, *, timeout: float) -> float:
+    clone = tmp / "clone"
+    subprocess.run(["git", "clone", "--quiet", "--no-checkout", str(ROOT), str(clone)], check=True)
+    subprocess.run(["git", "-C", str(clone), "checkout", "--quiet", ref], check=True)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in SCRUB}
+    env.update(PORT=str(port), PIP_CACHE_DIR=str(tmp / "pip-cache"))
+    log = (tmp / "make.log").open("wb")
+    start = time.monotonic()
+    proc = subprocess.Popen(argv, cwd=clone, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        while not served(port):
+            if proc.poll() is not None:
+                raise SystemExit(f"{' '.join(argv)} exited {proc.returncode}; see {log.name}:\n"
+                                 + (tmp / "make.log").read_text()[-3000:])
+            if time.monotonic() - start > timeout:
+                raise SystemExit(f"{' '.join(argv)}: nothing served after {timeout:.0f}s")
+            time.sleep(0.1)
+        return time.monotonic() - start
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)  # exolegs dev stops its children on Ctrl-C
+        try:
+            proc.wait(40)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+        log.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ref", default="HEAD", help="commit to clone (default HEAD; commit first)")
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per run")
+    args = ap.parse_args()
+    ref = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.ref],
+                         check=True, capture_output=True, text=True).stdout.strip()
+    py = subprocess.run(["python3", "--version"], capture_output=True, text=True).stdout.strip()
+    print(f"first run from a fresh clone of {ref} ({py}, {os.cpu_count()} cores)")
+    print(f"{'round':>5}  {'variant':34} {'seconds':>8}")
+    for rnd in range(1, args.rounds + 1):
+        times: dict[str, float] = {}
+        for name, argv in VARIANTS.items():
+            with tempfile.TemporaryDirectory(prefix="exolegs-first-run-") as tmp:
+                times[name] = first_run(ref, argv, Path(tmp), timeout=args.timeout)
+            print(f"{rnd:>5}  {name:34} {times[name]:8.1f}", flush=True)
+        ours, base = times["make run"], times["make venv run (test tools too)"]
+        print(f"{rnd:>5}  {'ratio make run / with test tools':34} {ours / base:8.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
