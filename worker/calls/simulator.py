@@ -6,13 +6,19 @@ the v3 error envelope with ``error_data`` for the documented errors. Both
 regions use the same path (the region is only the host), so one simulator
 stands in for either.
 
+It serves one account (``account_sid``, ``api_key``, ``api_token``) and any
+number of ``accounts`` more, each with its own credentials and rate limit: a
+key and token authorise their own account only, as Exotel's do.
+
 Per request, in order:
 
 1. ``/_sim/mode`` ``slow`` sleeps ``delay`` seconds, and ``latency_ms`` sleeps;
-2. ``/_sim/mode`` ``unauthorized``, or wrong Basic credentials -> 401/1010;
-3. an unknown account sid -> 404/1017;
+2. ``/_sim/mode`` ``unauthorized``, or Basic credentials that are not the path
+   account's -> 401/1010 (an unknown account sid with good credentials of
+   another account -> 404/1017);
+3. ``/_sim/mode`` ``rate-limited`` -> 429/10724 with ``Retry-After``;
 4. an answer queued with ``/_sim/script`` for this call, if any;
-5. the global ``rate_limit`` (sliding window) -> 429/10724 with ``Retry-After``
+5. the account's ``rate_limit`` (sliding window) -> 429/10724 with ``Retry-After``
    and ``X-RateLimit-Limit/Remaining/Reset``;
 6. a call sid starting with ``missing`` -> 404/10744;
 7. ``fail_rate`` -> 500 with ``fail_code``;
@@ -26,8 +32,11 @@ Control endpoints (not Exotel's; for tests and benchmarks), all JSON:
   ``Retry-After``), ``message``, ``delay`` (seconds to sleep first),
   ``envelope: "v1"`` (a ``RestException`` body) or ``body`` (a raw text/html
   body, e.g. a proxy's 502 page). A ``status`` of 200 answers with the legs.
-* ``POST /_sim/mode`` ``{"mode": "normal"|"unauthorized"|"slow", "delay": seconds}``
-* ``GET /_sim/requests`` -> ``{"total": n, "by_call": {sid: [unix times...]}, "by_status": {...}}``
+* ``POST /_sim/mode`` ``{"mode": "normal"|"unauthorized"|"rate-limited"|"slow",
+  "delay": seconds, "account": sid}``: without ``account``, for every account
+  that has no mode of its own; with it, for that account only.
+* ``GET /_sim/requests`` -> ``{"total": n, "by_call": {sid: [unix times...]}, "by_status": {...},
+  "by_account": {account sid: {status: n}}}``
 * ``POST /_sim/reset`` clears scripts, the mode, the request log and the rate window.
 """
 
@@ -51,7 +60,7 @@ from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from worker.settings import CALL_SID_RE, Rate
 
 IST = timezone(timedelta(hours=5, minutes=30), "IST")
-MODES = ("normal", "unauthorized", "slow")
+MODES = ("normal", "unauthorized", "rate-limited", "slow")
 STATE_KEY = "exolegs_simulator"
 
 #: Exotel's documented legs errors: code -> (HTTP status, message, description).
@@ -82,6 +91,16 @@ _GROUPS = (
 _MISSED = ("no-answer", "no-answer", "busy", "failed")
 
 
+@dataclass(frozen=True)
+class SimAccount:
+    """One more Exotel account the simulator serves, with its own credentials and limit."""
+
+    sid: str
+    api_key: str
+    api_token: str = field(repr=False)
+    rate_limit: Rate | None = None
+
+
 @dataclass
 class SimulatorConfig:
     account_sid: str = "exotel_sim"
@@ -93,6 +112,13 @@ class SimulatorConfig:
     rate_limit: Rate | None = None
     retry_after: int = 2
     seed: int | None = None
+    accounts: tuple[SimAccount, ...] = ()
+
+    @property
+    def all_accounts(self) -> dict[str, SimAccount]:
+        """Every account served, by sid: the main one first."""
+        main = SimAccount(self.account_sid, self.api_key, self.api_token, self.rate_limit)
+        return {a.sid: a for a in (main, *self.accounts)}
 
 
 # ---------------------------------------------------------------- legs data
@@ -242,10 +268,12 @@ class SimulatorState:
         self._scripts: dict[str, deque[Scripted]] = {}
         self._mode = "normal"
         self._delay = 0.0
+        self._modes: dict[str, tuple[str, float]] = {}  # account sid -> its own mode
         self._total = 0
         self._by_call: dict[str, list[float]] = {}
         self._by_status: dict[int, int] = {}
-        self._window: deque[float] = deque()
+        self._by_account: dict[str, dict[int, int]] = {}
+        self._windows: dict[str, deque[float]] = {}
 
     # control
     def script(self, call_sid: str, responses: list[Scripted]) -> int:
@@ -254,20 +282,28 @@ class SimulatorState:
             queue.extend(responses)
             return len(queue)
 
-    def set_mode(self, mode: str, delay: float = 0.0) -> None:
+    def set_mode(self, mode: str, delay: float = 0.0, account: str | None = None) -> None:
+        """Every account's mode, or with ``account`` (a sid) that account's alone."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}")
+        if account is not None and account not in self.config.all_accounts:
+            raise ValueError(f"no account {account!r} is served")
         with self._lock:
-            self._mode, self._delay = mode, delay
+            if account is None:
+                self._mode, self._delay = mode, delay
+            else:
+                self._modes[account] = (mode, delay)
 
     def reset(self) -> None:
         with self._lock:
             self._scripts.clear()
             self._mode, self._delay = "normal", 0.0
+            self._modes.clear()
             self._total = 0
             self._by_call.clear()
             self._by_status.clear()
-            self._window.clear()
+            self._by_account.clear()
+            self._windows.clear()
 
     def requests(self) -> dict[str, Any]:
         with self._lock:
@@ -275,20 +311,30 @@ class SimulatorState:
                 "total": self._total,
                 "by_call": {sid: list(times) for sid, times in self._by_call.items()},
                 "by_status": {str(k): v for k, v in sorted(self._by_status.items())},
+                "by_account": {
+                    sid: {str(k): v for k, v in sorted(counts.items())}
+                    for sid, counts in self._by_account.items()
+                },
                 "mode": self._mode,
+                "modes": {sid: mode for sid, (mode, _) in self._modes.items()},
             }
 
     # per request
-    def record(self, call_sid: str) -> tuple[str, float]:
-        """Log one legs request; return the mode and slow-mode delay in force."""
+    def record(self, call_sid: str, account: str | None = None) -> tuple[str, float]:
+        """Log one legs request; return the mode and slow-mode delay in force for its account."""
         with self._lock:
             self._total += 1
             self._by_call.setdefault(call_sid, []).append(time.time())
+            if account is not None and account in self._modes:
+                return self._modes[account]
             return self._mode, self._delay
 
-    def count_status(self, status: int) -> None:
+    def count_status(self, status: int, account: str | None = None) -> None:
         with self._lock:
             self._by_status[status] = self._by_status.get(status, 0) + 1
+            if account is not None and account in self.config.all_accounts:
+                counts = self._by_account.setdefault(account, {})
+                counts[status] = counts.get(status, 0) + 1
 
     def next_scripted(self, call_sid: str) -> Scripted | None:
         with self._lock:
@@ -300,15 +346,16 @@ class SimulatorState:
                 del self._scripts[call_sid]
             return item
 
-    def take_rate_slot(self) -> tuple[bool, dict[str, str]]:
-        """Sliding-window limit: never more than ``count`` answers in any ``period``."""
-        rate = self.config.rate_limit
+    def take_rate_slot(self, account: str | None = None) -> tuple[bool, dict[str, str]]:
+        """Sliding-window limit per account: never more than ``count`` answers in any ``period``."""
+        served = self.config.all_accounts.get(account or self.config.account_sid)
+        rate = served.rate_limit if served is not None else self.config.rate_limit
         if rate is None:
             return True, {}
         limit = max(1, int(rate.count))
         now = time.monotonic()
         with self._lock:
-            window = self._window
+            window = self._windows.setdefault(account or self.config.account_sid, deque())
             while window and window[0] <= now - rate.period:
                 window.popleft()
             allowed = len(window) < limit
@@ -398,14 +445,19 @@ def _legs_response(call_sid: str, account_sid: str) -> Response:
     )
 
 
-def _authorised(config: SimulatorConfig) -> bool:
+def _authorised(config: SimulatorConfig) -> SimAccount | None:
+    """The account whose key and token the request carries, if any."""
     auth = request.authorization
     if auth is None or auth.type != "basic":
-        return False
-    user, password = auth.username or "", auth.password or ""
-    good_user = hmac.compare_digest(user.encode(), config.api_key.encode())
-    good_password = hmac.compare_digest(password.encode(), config.api_token.encode())
-    return good_user and good_password
+        return None
+    user, password = (auth.username or "").encode(), (auth.password or "").encode()
+    found = None
+    for account in config.all_accounts.values():
+        good_user = hmac.compare_digest(user, account.api_key.encode())
+        good_password = hmac.compare_digest(password, account.api_token.encode())
+        if good_user and good_password:
+            found = account
+    return found
 
 
 # --------------------------------------------------------------------- app
@@ -418,9 +470,9 @@ def create_app(config: SimulatorConfig) -> Flask:
 
     @app.get("/v3/accounts/<account_sid>/calls/<call_sid>/legs")
     def legs(account_sid: str, call_sid: str) -> Response:
-        mode, delay = state.record(call_sid)
+        mode, delay = state.record(call_sid, account_sid)
         answer = _answer(account_sid, call_sid, mode, delay)
-        state.count_status(answer.status_code)
+        state.count_status(answer.status_code, account_sid)
         return answer
 
     def _answer(account_sid: str, call_sid: str, mode: str, delay: float) -> Response:
@@ -428,14 +480,19 @@ def create_app(config: SimulatorConfig) -> Flask:
             time.sleep(delay)
         if config.latency_ms > 0:
             time.sleep(config.latency_ms / 1000.0)
-        if mode == "unauthorized" or not _authorised(config):
+        caller = _authorised(config)
+        if mode == "unauthorized" or caller is None:
             return _error_response(401, 1010)
-        if not hmac.compare_digest(account_sid.encode(), config.account_sid.encode()):
+        if account_sid not in config.all_accounts:
             return _error_response(404, 1017)
+        if not hmac.compare_digest(account_sid.encode(), caller.sid.encode()):
+            return _error_response(401, 1010)  # another account's key and token
+        if mode == "rate-limited":
+            return _error_response(429, 10724, headers={"Retry-After": str(config.retry_after)})
         scripted = state.next_scripted(call_sid)
         if scripted is not None:
-            return _scripted_response(scripted, call_sid)
-        allowed, limit_headers = state.take_rate_slot()
+            return _scripted_response(scripted, call_sid, account_sid)
+        allowed, limit_headers = state.take_rate_slot(account_sid)
         if not allowed:
             headers = {"Retry-After": str(config.retry_after), **limit_headers}
             return _error_response(429, 10724, headers=headers)
@@ -444,18 +501,18 @@ def create_app(config: SimulatorConfig) -> Flask:
         if state.roll_failure():
             status = ERRORS.get(config.fail_code, (500, "", ""))[0]
             return _error_response(status, config.fail_code, headers=limit_headers)
-        answer = _legs_response(call_sid, config.account_sid)
+        answer = _legs_response(call_sid, account_sid)
         answer.headers.update(limit_headers)
         return answer
 
-    def _scripted_response(item: Scripted, call_sid: str) -> Response:
+    def _scripted_response(item: Scripted, call_sid: str, account_sid: str) -> Response:
         if item.delay > 0:
             time.sleep(item.delay)
         headers = {"Retry-After": f"{item.retry_after:g}"} if item.retry_after is not None else {}
         if item.body is not None:
             return _raw_response(item.status, item.body, headers)
         if 200 <= item.status < 300:
-            answer = _legs_response(call_sid, config.account_sid)
+            answer = _legs_response(call_sid, account_sid)
             answer.status_code = item.status
             return answer
         if item.code is None:
@@ -488,11 +545,17 @@ def create_app(config: SimulatorConfig) -> Flask:
         delay = data.get("delay", 0) or 0
         if not isinstance(delay, int | float) or isinstance(delay, bool) or delay < 0:
             return jsonify({"error": "delay must be a number of seconds >= 0"}), 400
+        account = data.get("account")
+        if account is not None and not isinstance(account, str):
+            return jsonify({"error": "account must be an account sid"}), 400
         try:
-            state.set_mode(str(data.get("mode", "normal")), float(delay))
+            state.set_mode(str(data.get("mode", "normal")), float(delay), account)
         except ValueError as err:
             return jsonify({"error": str(err)}), 400
-        return jsonify({"mode": data.get("mode", "normal"), "delay": float(delay)}), 200
+        body = {"mode": data.get("mode", "normal"), "delay": float(delay)}
+        if account is not None:
+            body["account"] = account
+        return jsonify(body), 200
 
     @app.get("/_sim/requests")
     def requests_log() -> Response:

@@ -85,20 +85,29 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from worker.calls.simulator import SimulatorConfig, serve
+    from worker.calls.simulator import SimAccount, SimulatorConfig, serve
     from worker.settings import parse_rate
 
+    rate = parse_rate("--rate-limit", args.rate_limit) if args.rate_limit else None
+    extra = []
+    for spec in args.account or []:
+        sid, _, rest = spec.partition(":")
+        key, _, token = rest.partition(":")
+        if not (sid and key and token) or not CALL_SID_RE.fullmatch(sid):
+            raise SettingsError("--account", f"expected SID:KEY:TOKEN, got {spec!r}")
+        extra.append(SimAccount(sid, key, token, rate))
     config = SimulatorConfig(
         latency_ms=args.latency_ms,
         fail_rate=args.fail_rate,
         fail_code=args.fail_code,
-        rate_limit=parse_rate("--rate-limit", args.rate_limit) if args.rate_limit else None,
+        rate_limit=rate,
+        accounts=tuple(extra),
     )
-    print(
-        f"Exotel simulator on http://{args.host}:{args.port} "
-        f"(account {config.account_sid}, key {config.api_key}, token {config.api_token})",
-        flush=True,
+    served = ", ".join(
+        f"account {a.sid}, key {a.api_key}, token {a.api_token}"
+        for a in config.all_accounts.values()
     )
+    print(f"Exotel simulator on http://{args.host}:{args.port} ({served})", flush=True)
     serve(config, host=args.host, port=args.port)
     return 0
 
@@ -253,7 +262,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--latency-ms", type=float, default=0.0)
     s.add_argument("--fail-rate", type=float, default=0.0)
     s.add_argument("--fail-code", type=int, default=10715)
-    s.add_argument("--rate-limit", help="e.g. 200/minute: answer 429/10724 beyond it")
+    s.add_argument("--rate-limit", help="e.g. 200/minute: answer 429/10724 beyond it (per account)")
+    s.add_argument(
+        "--account",
+        action="append",
+        metavar="SID:KEY:TOKEN",
+        help="serve one more account with its own credentials, e.g. acme_north:k1:t1",
+    )
     s.set_defaults(func=cmd_simulate)
     c = sub.add_parser(
         "check",

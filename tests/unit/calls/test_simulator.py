@@ -357,3 +357,49 @@ def test_no_access_log_lines(caplog: pytest.LogCaptureFixture, client: ExotelCli
     with caplog.at_level(logging.DEBUG, logger="werkzeug"):
         client.fetch_legs("CAquiet")
     assert not [r for r in caplog.records if r.name == "werkzeug"]
+
+
+# ------------------------------------------------------------ several accounts
+def test_several_accounts_each_with_its_own_credentials_mode_and_limit() -> None:
+    from worker.calls.simulator import SimAccount
+
+    north = SimAccount("acme_north", "k_north", "t_north", Rate(2, 60))
+    south = SimAccount("acme_south", "k_south", "t_south")
+    config = SimulatorConfig(accounts=(north, south))
+    server, url = start_in_thread(config)
+
+    def get(account: str, auth: tuple[str, str], call: str = "CAx") -> requests.Response:
+        legs = f"{url}/v3/accounts/{account}/calls/{call}/legs"
+        return requests.get(legs, auth=auth, timeout=5)
+
+    try:
+        good = get("acme_north", ("k_north", "t_north"))
+        assert good.status_code == 200
+        assert good.json()["response"]["leg_details"]["account_sid"] == "acme_north"
+        assert get("acme_south", ("k_south", "t_south")).status_code == 200
+        assert get(config.account_sid, (config.api_key, config.api_token)).status_code == 200
+        # Another account's key and token do not open this one; an unknown sid is 1017.
+        crossed = get("acme_south", ("k_north", "t_north"))
+        assert crossed.status_code == 401
+        assert crossed.json()["response"]["error_data"]["code"] == 1010
+        assert get("acme_west", ("k_north", "t_north")).json()["http_code"] == 404
+        # North's own limit (2/minute) runs out; south is untouched.
+        assert get("acme_north", ("k_north", "t_north")).status_code == 200
+        assert get("acme_north", ("k_north", "t_north")).status_code == 429
+        assert get("acme_south", ("k_south", "t_south")).status_code == 200
+        # A storm on one account only.
+        post(url, "/_sim/mode", {"mode": "unauthorized", "account": "acme_south"})
+        assert get("acme_south", ("k_south", "t_south")).status_code == 401
+        post(url, "/_sim/mode", {"mode": "rate-limited", "account": "acme_south"})
+        limited = get("acme_south", ("k_south", "t_south"))
+        assert limited.status_code == 429 and limited.headers["Retry-After"] == "2"
+        assert get(config.account_sid, (config.api_key, config.api_token)).status_code == 200
+        log = requests.get(f"{url}/_sim/requests", timeout=5).json()
+        assert log["by_account"]["acme_south"] == {"200": 2, "401": 2, "429": 1}
+        assert log["modes"] == {"acme_south": "rate-limited"}
+        refused = requests.post(
+            f"{url}/_sim/mode", json={"mode": "unauthorized", "account": "nobody"}, timeout=5
+        )
+        assert refused.status_code == 400
+    finally:
+        server.shutdown()
