@@ -26,7 +26,7 @@ from worker import keys
 from worker.errors import SettingsError
 from worker.logs import Scrubber
 from worker.redact import MASK, mask_url, url_secrets
-from worker.settings import Settings
+from worker.settings import DEFAULT_ACCOUNT, Account, Settings
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -89,7 +89,40 @@ def describe(settings: Settings) -> list[tuple[str, str]]:
         ("LOG_LEVEL / LOG_FORMAT", f"{s.log_level} / {s.log_format}"),
         ("PORT / WEB_CONCURRENCY", f"{s.port} / {s.web_concurrency}"),
     ]
+    for account in s.all_accounts:
+        if account.name != DEFAULT_ACCOUNT:
+            rows.append((f"account {account.name}", _account(account)))
     return rows
+
+
+def _account(account: Account) -> str:
+    """One line about an EXOTEL_ACCOUNTS account, secrets masked."""
+    tokens = ", ".join(fingerprint(t) for t in account.callback_tokens)
+    sinks = " ".join(mask_url(u) for u in account.sinks)
+    return (
+        f"sid {account.sid}, key {account.api_key}, token {MASK}, {account.url}, "
+        f"{account.rate_limit}, country {account.default_country}, "
+        f"{len(account.callback_tokens)} callback token(s) ({tokens}), sinks {sinks}"
+    )
+
+
+def exotel_findings(settings: Settings) -> tuple[list[str], list[str]]:
+    """(problems, results): one harmless authenticated Exotel request per account."""
+    from worker.calls.exotel import ExotelClient
+    from worker.errors import ExolegsError
+
+    found: list[str] = []
+    results: list[str] = []
+    for account in settings.all_accounts:
+        if not account.configured:
+            continue  # said already: the default account without credentials
+        where = "EXOTEL_ACCOUNT_SID" if account.name == DEFAULT_ACCOUNT else "EXOTEL_ACCOUNTS"
+        with ExotelClient(settings.for_account(account)) as client:
+            try:
+                results.append(f"account {account.name}: {client.check()}")
+            except ExolegsError as err:
+                found.append(f"{where}: account {account.name} ({account.sid}): {err.message}")
+    return found, results
 
 
 def security_findings(
@@ -444,9 +477,9 @@ class Watchdog:
 
 def problems(settings: Settings) -> list[str]:
     found = []
-    if not settings.callback_tokens:
+    if not settings.any_callback_token:
         found.append("CALLBACK_TOKEN: not set; the web process refuses to start without it")
-    if not settings.exotel_configured:
+    if not settings.all_accounts[0].configured and settings.all_accounts[0].name == DEFAULT_ACCOUNT:
         found.append(
             "EXOTEL_ACCOUNT_SID/EXOTEL_API_KEY/EXOTEL_API_TOKEN: not set; "
             "legs cannot be fetched (exolegs dev runs the simulator instead)"
@@ -455,10 +488,9 @@ def problems(settings: Settings) -> list[str]:
         found.append("RETRY_MAX_SECONDS: retries more than an hour apart delay records a lot")
     found.extend(str(p) for p in redis_findings(settings, warnings=False))
     try:
-        from worker.sinks.base import SinkContext
-        from worker.sinks.registry import build_sinks
+        from worker.sinks.registry import build_account_sinks
 
-        build_sinks(settings.sinks, SinkContext(settings))
+        build_account_sinks(settings)
     except SettingsError as err:
         found.append(str(err))
     return found
@@ -517,7 +549,11 @@ def run_check(env: Mapping[str, str] | None = None, *, out: TextIO | None = None
     found = problems(settings)
     security, notes = security_findings(settings, env)
     found.extend(security)
+    exotel, proven = exotel_findings(settings)
+    found.extend(exotel)
     say()
+    for line in proven:
+        say(f"ok: {line}")
     for warning in redis_findings(settings, warnings=True):
         say(f"warning: {warning}")
     for note in notes:

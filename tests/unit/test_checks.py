@@ -32,7 +32,11 @@ PASSWORD = "basic-pass-5678xyz-long"
 DSN_KEY = "0123456789abcdef0123456789abcdef"
 WEBHOOK_SECRET = "whsec_+/+/c2VjcmV0LWtlef/+IHBsdXM="
 REDIS_PASSWORD = "redis-pass-4321"
+NORTH_TOKEN = "north-exotel-token-0123456789"
+NORTH_CALLBACK = "north-callback-token-abcdef0123"
 SECRETS = [
+    NORTH_TOKEN,
+    NORTH_CALLBACK,
     API_TOKEN,
     base64.b64encode(f"exo-key-1:{API_TOKEN}".encode()).decode(),
     NEW_TOKEN,
@@ -45,8 +49,27 @@ SECRETS = [
 ]
 
 
+SIM: dict[str, str] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def exotel_simulator() -> Iterator[str]:
+    """Exotel, faked: `exolegs check` makes one authenticated request per account."""
+    from worker.calls.simulator import SimAccount, SimulatorConfig, start_in_thread
+
+    north = SimAccount("acme_north", "k_north", NORTH_TOKEN)
+    config = SimulatorConfig(
+        account_sid="acme1", api_key="exo-key-1", api_token=API_TOKEN, accounts=(north,)
+    )
+    server, url = start_in_thread(config)
+    SIM["url"] = url
+    yield url
+    server.shutdown()
+
+
 def good_env(redis_url: str, tmp: str) -> dict[str, str]:
     return {
+        "EXOTEL_BASE_URL": SIM["url"],
         "EXOTEL_ACCOUNT_SID": "acme1",
         "EXOTEL_API_KEY": "exo-key-1",
         "EXOTEL_API_TOKEN": API_TOKEN,
@@ -83,6 +106,40 @@ def test_a_good_configuration_prints_masked_and_exits_0(
     assert "*** (host o1.ingest.sentry.io)" in output
     assert "600/minute" in output
     assert_masked(output)
+
+
+def test_every_account_is_validated_and_makes_one_authenticated_call(
+    redis_server: RedisServer, tmp_path: object
+) -> None:
+    import json
+
+    north = {
+        "sid": "acme_north",
+        "api_key": "k_north",
+        "api_token": "${NORTH_EXOTEL_TOKEN}",
+        "base_url": SIM["url"],
+        "callback_tokens": [NORTH_CALLBACK],
+        "sinks": "memory://north",
+    }
+    env = good_env(redis_server.url, str(tmp_path))
+    env.update(EXOTEL_ACCOUNTS=json.dumps({"north": north}), NORTH_EXOTEL_TOKEN=NORTH_TOKEN)
+    code, output = check(env)
+    assert code == 0, output
+    assert "ok: account default: credentials accepted by 127.0.0.1" in output
+    assert "ok: account north: credentials accepted by 127.0.0.1" in output
+    north_row = next(line for line in output.splitlines() if line.startswith("account north "))
+    assert north_row.split(None, 2)[2].startswith("sid acme_north, key k_north, token ***")
+    assert fingerprint(NORTH_CALLBACK) in output
+    assert_masked(output)
+
+    env["NORTH_EXOTEL_TOKEN"] = "wrong-token-for-north-000"
+    code, output = check(env)
+    assert code == 1
+    problems = [line for line in output.splitlines() if line.startswith("problem: ")]
+    assert len(problems) == 1, output
+    assert problems[0].startswith("problem: EXOTEL_ACCOUNTS: account north (acme_north): ")
+    assert "401" in problems[0] and "wrong-token-for-north-000" not in output
+    assert "ok: account default" in output
 
 
 def test_problems_are_listed_masked_and_exit_1(tmp_path: object) -> None:

@@ -33,6 +33,7 @@ from requests.auth import HTTPBasicAuth
 from worker.errors import (
     ConfigFaultError,
     PermanentError,
+    RateLimitedError,
     TransientError,
     exotel_error,
 )
@@ -242,6 +243,28 @@ class ExotelClient:
             return self._handle(call_sid, answer)
         finally:
             answer.close()
+
+    #: A call sid no account has: asking for its legs proves the credentials harmlessly.
+    CHECK_CALL_SID = "exolegs-check-0"
+
+    def check(self) -> str:
+        """One harmless authenticated request: the legs of a call that does not exist.
+
+        Exotel answers 404/10744 (call not found) only once the key, token and
+        account sid are accepted; 401/1010 and 404/1017 come back as a
+        :class:`ConfigFaultError`, a network failure as a :class:`TransientError`.
+        Returns what was proven.
+        """
+        try:
+            self.fetch_legs(self.CHECK_CALL_SID)
+        except ConfigFaultError:
+            raise
+        except RateLimitedError:
+            return f"credentials accepted by {self.host} (it answered 429: rate limited just now)"
+        except TransientError as err:
+            if err.upstream_code != 10744:
+                raise
+        return f"credentials accepted by {self.host} (legs of a made-up call: 404/10744)"
 
     def close(self) -> None:
         """Release pooled connections (only of a session this client created)."""

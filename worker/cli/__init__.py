@@ -121,11 +121,13 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     if not CALL_SID_RE.fullmatch(args.call_sid):
         raise SettingsError("CALL_SID", "must be letters, digits, '_' or '-' (at most 64)")
     rt = Runtime(_settings())
+    account = rt.account(args.account or rt.first_account).name
     try:
-        callback = terminal_callback(rt.redis, args.call_sid)
+        callback = terminal_callback(rt.redis, args.call_sid, account)
     except RedisError:
         callback = ({}, None, None)  # the callback is optional for a manual fetch
-    record = build_call_record(rt, rt.exotel.fetch_legs(args.call_sid), callback)
+    legs = rt.exotel_for(account).fetch_legs(args.call_sid)
+    record = build_call_record(rt, legs, callback, account)
     print(json.dumps(record, indent=2, ensure_ascii=False))
     return 0
 
@@ -143,10 +145,13 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------- dead letters
-def _dead() -> Any:
+def _dead(args: argparse.Namespace) -> tuple[Any, str | None]:
+    """The dead letters, and the account --account names (checked), if any."""
     from worker.runtime import Runtime
 
-    return Runtime(_settings()).dead
+    rt = Runtime(_settings())
+    account = rt.account(args.account).name if getattr(args, "account", None) else None
+    return rt.dead, account
 
 
 def _when(ts: float | None) -> str:
@@ -154,18 +159,21 @@ def _when(ts: float | None) -> str:
 
 
 def cmd_dead_list(args: argparse.Namespace) -> int:
-    letters = list(_dead())
+    dead, account = _dead(args)
+    letters = list(dead.listed(account))
     if args.json:
         print(json.dumps([_dead_json(d) for d in letters], indent=2))
         return 0
     if not letters:
         print("no dead letters")
         return 0
-    print(f"{'CALL SID':34} {'SINK':14} {'ATTEMPTS':>8}  FAILED AT             REASON")
+    print(
+        f"{'CALL SID':34} {'ACCOUNT':10} {'SINK':14} {'ATTEMPTS':>8}  FAILED AT             REASON"
+    )
     for d in letters:
         print(
-            f"{d.call_sid:34} {d.sink or '(fetch)':14} {d.attempts:>8}  {_when(d.failed_at):20}  "
-            f"{d.reason}: {d.last_error[:80]}"
+            f"{d.call_sid:34} {d.account:10} {d.sink or '(fetch)':14} {d.attempts:>8}  "
+            f"{_when(d.failed_at):20}  {d.reason}: {d.last_error[:80]}"
         )
     return 0
 
@@ -179,7 +187,8 @@ def _dead_json(d: Any) -> dict[str, Any]:
 
 
 def cmd_dead_show(args: argparse.Namespace) -> int:
-    letters = _dead().for_call(args.call_sid)
+    dead, account = _dead(args)
+    letters = dead.for_call(args.call_sid, account)
     if not letters:
         print(f"no dead letter for call {args.call_sid}", file=sys.stderr)
         return 1
@@ -188,11 +197,11 @@ def cmd_dead_show(args: argparse.Namespace) -> int:
 
 
 def cmd_dead_replay(args: argparse.Namespace) -> int:
-    dead = _dead()
+    dead, account = _dead(args)
     if args.all:
-        letters = list(dead)
+        letters = list(dead.listed(account))
     elif args.call_sid:
-        letters = dead.for_call(args.call_sid)
+        letters = dead.for_call(args.call_sid, account)
     else:
         raise SettingsError("dead replay", "give a CALL_SID or --all")
     total = len(letters)
@@ -215,7 +224,8 @@ def _duration(text: str) -> float:
 
 
 def cmd_dead_purge(args: argparse.Namespace) -> int:
-    removed = _dead().purge(args.older_than)
+    dead, account = _dead(args)
+    removed = dead.purge(args.older_than, account)
     print(f"purged {removed} dead letter(s)")
     return 0
 
@@ -242,6 +252,9 @@ def cmd_sinks_check(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------- main
+ACCOUNT_HELP = "only this account's (a name from EXOTEL_ACCOUNTS, or 'default'), e.g. north"
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="exolegs", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -255,6 +268,7 @@ def parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_dev)
     f = sub.add_parser("fetch", help="fetch and print one call's enriched record")
     f.add_argument("call_sid")
+    f.add_argument("--account", help=ACCOUNT_HELP + " (default: the first configured)")
     f.set_defaults(func=cmd_fetch)
     s = sub.add_parser("simulate", help="a local fake of Exotel's v3 legs API")
     s.add_argument("--host", default="127.0.0.1")
@@ -285,17 +299,21 @@ def parser() -> argparse.ArgumentParser:
     dead = sub.add_parser("dead", help="dead letters").add_subparsers(dest="dead", required=True)
     dl = dead.add_parser("list")
     dl.add_argument("--json", action="store_true")
+    dl.add_argument("--account", help=ACCOUNT_HELP)
     dl.set_defaults(func=cmd_dead_list)
     ds = dead.add_parser("show")
     ds.add_argument("call_sid")
+    ds.add_argument("--account", help=ACCOUNT_HELP)
     ds.set_defaults(func=cmd_dead_show)
     dr = dead.add_parser("replay")
     dr.add_argument("call_sid", nargs="?")
     dr.add_argument("--all", action="store_true")
     dr.add_argument("--force", action="store_true", help="deliver even where the ledger has it")
+    dr.add_argument("--account", help=ACCOUNT_HELP)
     dr.set_defaults(func=cmd_dead_replay)
     dp = dead.add_parser("purge")
     dp.add_argument("--older-than", type=_duration, required=True, help="e.g. 30d")
+    dp.add_argument("--account", help=ACCOUNT_HELP)
     dp.set_defaults(func=cmd_dead_purge)
     sinks = sub.add_parser("sinks", help="sinks").add_subparsers(dest="sinks", required=True)
     sinks.add_parser("list").set_defaults(func=cmd_sinks_list)

@@ -52,3 +52,23 @@ def test_purge_older_than(redis_client: redis.Redis) -> None:
     dead.add(JobId("fetch", "new"), reason="r", error="e")
     assert dead.purge(30 * 86400) == 1
     assert [d.call_sid for d in dead] == ["new"]
+
+
+def test_dead_letters_of_one_account_are_listed_replayed_and_purged_alone(
+    redis_client: redis.Redis,
+) -> None:
+    book = JobBook(redis_client)
+    dead = DeadLetters(redis_client, book)
+    north = JobId("deliver", "c1", "hubspot", "north")
+    assert str(north) == "north/deliver:c1:hubspot" and JobId.parse(str(north)) == north
+    dead.add(north, reason="permanent error", error="400")
+    dead.add(JobId("fetch", "c1", None, "south"), reason="retries exhausted", error="10744")
+    dead.add(JobId("fetch", "c2"), reason="retries exhausted", error="10744")
+    assert [d.account for d in dead] == ["north", "south", "default"]
+    assert [d.call_sid for d in dead.listed("south")] == ["c1"]
+    assert [d.account for d in dead.for_call("c1", "north")] == ["north"]
+    (letter,) = dead.listed("north")
+    dead.replay(letter)
+    assert book.pending("north/deliver:c1:hubspot")
+    assert dead.purge(0, "south") == 1
+    assert [d.account for d in dead] == ["default"]
