@@ -9,6 +9,7 @@ from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from web.guard import Guard
+from worker import metrics
 from worker.errors import SettingsError
 from worker.runtime import Runtime
 from worker.settings import Settings
@@ -26,6 +27,7 @@ class Edge:
     guard: Guard
     spool: Spool
     drainer: Drainer
+    counts: metrics.Batched
 
 
 def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> Flask:
@@ -42,8 +44,9 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
 
         runtime.intake.accept(event_from_fields(fields), account)
 
-    # No static files, no automatic OPTIONS answers, no slash-merging redirects:
-    # the only routes are the callback and the health checks (docs/openapi.yaml).
+    # No app-wide static files, no automatic OPTIONS answers, no slash-merging
+    # redirects: the routes are the callback, the health checks and, when
+    # configured, /metrics and the /ops console (docs/openapi.yaml).
     app = Flask("exolegs", static_folder=None)
     # One byte over the limit: werkzeug stops a streamed (chunked) body there without
     # an error, so the callback can tell "exactly the limit" from "more than it" (413).
@@ -52,7 +55,14 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.url_map.merge_slashes = False
     limiter = runtime.limiter if settings.callback_rate_limit else None
     guard = Guard(settings, limiter=limiter)
-    edge = Edge(settings, runtime, guard, spool, Drainer(spool, accept_spooled))
+    edge = Edge(
+        settings,
+        runtime,
+        guard,
+        spool,
+        Drainer(spool, accept_spooled),
+        metrics.Batched(runtime.redis),
+    )
     app.extensions["exolegs"] = edge
 
     from web.callback import bp as callback_bp
@@ -60,6 +70,14 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
 
     app.register_blueprint(callback_bp)
     app.register_blueprint(health_bp)
+    if settings.metrics_token:
+        from web.metrics import bp as metrics_bp
+
+        app.register_blueprint(metrics_bp)
+    if settings.ops_enabled:
+        from web.ops import bp as ops_bp
+
+        app.register_blueprint(ops_bp)
     _no_implicit_head(app, "callback.callback")
 
     @app.errorhandler(HTTPException)

@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 
 from web.guard import Refusal
 from web.payload import PayloadError, decode_body
+from worker import metrics
 from worker.calls.callbacks import CallbackError, event_from_fields
 from worker.settings import Account
 
@@ -33,10 +34,12 @@ def accepted_reply(call_sid: str, duplicate: bool, *, spooled: bool = False) -> 
 
 
 def error(status: int, message: str) -> ResponseReturnValue:
+    _count_rejected()
     return jsonify(error=message), status
 
 
 def refused(refusal: Refusal) -> ResponseReturnValue:
+    _count_rejected()
     return jsonify(error=refusal.message), refusal.status, list(refusal.headers)
 
 
@@ -56,6 +59,13 @@ def cross_check(account: Account, call_sid: str, fields: dict[str, object]) -> N
             account.sid,
             claimed,
         )
+
+
+def _count_rejected() -> None:
+    """Refusals change no state and cost no round trip: counted in-process, flushed each second."""
+    current_app.extensions["exolegs"].counts.add(
+        metrics.Counter.CALLBACKS, outcome=metrics.CallbackOutcome.REJECTED
+    )
 
 
 @bp.route("/exotel/callback/<token>", methods=["GET", "POST"])
@@ -93,7 +103,8 @@ def callback(token: str) -> ResponseReturnValue:
                 edge.spool.dir,
                 disk,
             )
-            return error(503, "temporarily unable to accept callbacks; retry later")
+            # not counted: Redis is the thing that is down
+            return jsonify(error="temporarily unable to accept callbacks; retry later"), 503
         log.warning("call %s: Redis unreachable (%s); callback spooled", event.call_sid, err)
         return accepted_reply(event.call_sid, False, spooled=True)
     return accepted_reply(event.call_sid, accepted.duplicate)

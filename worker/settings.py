@@ -138,6 +138,10 @@ class Settings:
     max_body_bytes: int = 64 * 1024
     #: Every account, ``default`` (the EXOTEL_* set) first when there is one.
     accounts: tuple[Account, ...] = field(default=(), repr=False)
+    ops_password: str | None = field(default=None, repr=False)
+    ops_users_file: Path | None = None
+    ops_session_minutes: float = 60.0
+    metrics_token: str | None = field(default=None, repr=False)
 
     # ------------------------------------------------------------------ build
     @classmethod
@@ -236,6 +240,11 @@ class Settings:
         return tuple(seen)
 
     @property
+    def ops_enabled(self) -> bool:
+        """The console is served only when it has a credential of its own."""
+        return bool(self.ops_password or self.ops_users_file)
+
+    @property
     def retention_seconds(self) -> int:
         return int(self.retention_hours * 3600)
 
@@ -247,7 +256,13 @@ class Settings:
         and secret-looking query values in REDIS_URL and SINKS, each also
         percent-encoded. Logs, errors, Sentry events and the CLI scrub these.
         """
-        found = {self.exotel_api_token, self.sentry_dsn, *self.callback_tokens}
+        found = {
+            self.exotel_api_token,
+            self.sentry_dsn,
+            self.ops_password,
+            self.metrics_token,
+            *self.callback_tokens,
+        }
         for account in self.all_accounts:
             found |= {account.api_token, *account.callback_tokens}
             if account.api_key and account.api_token:
@@ -408,6 +423,7 @@ def _parse(env: Mapping[str, str]) -> dict[str, Any]:
     wc = _get(env, "WORKER_CONCURRENCY")
     out["worker_concurrency"] = _integer(env, "WORKER_CONCURRENCY", 1, minimum=1) if wc else None
     out["accounts"] = _accounts(env, out)
+    _parse_ops(env, out)
     return out
 
 
@@ -611,3 +627,35 @@ def _check_unique(accounts: list[Account]) -> None:
                     f"accounts {other} and {account.name} share a callback token: the token "
                     "in the URL is what says whose call it is, so each needs its own",
                 )
+def _parse_ops(env: Mapping[str, str], out: dict[str, Any]) -> None:
+    """The console's own credential and the /metrics bearer token, never a callback token."""
+    tokens = {t for account in out["accounts"] for t in account.callback_tokens}
+    password = _get(env, "OPS_PASSWORD")
+    if password is not None:
+        if len(password) < 12:
+            raise SettingsError("OPS_PASSWORD", "must be 12 or more characters")
+        if password in tokens:
+            raise SettingsError("OPS_PASSWORD", "must not be a callback token")
+    out["ops_password"] = password
+    users = _get(env, "OPS_USERS_FILE")
+    if users is not None:
+        path = Path(users)
+        if not path.is_file():
+            raise SettingsError("OPS_USERS_FILE", f"{users!r} is not a readable file")
+        from worker.opsusers import UsersFileError, load_users
+
+        try:
+            load_users(path)
+        except UsersFileError as err:
+            raise SettingsError("OPS_USERS_FILE", str(err)) from None
+        out["ops_users_file"] = path
+    out["ops_session_minutes"] = _number(env, "OPS_SESSION_MINUTES", 60.0, minimum=1)
+    metrics = _get(env, "METRICS_TOKEN")
+    if metrics is not None:
+        if not re.fullmatch(r"[A-Za-z0-9._~+/=-]{16,256}", metrics):
+            raise SettingsError(
+                "METRICS_TOKEN", "must be 16 or more characters (letters, digits, . _ ~ + / = -)"
+            )
+        if metrics in tokens:
+            raise SettingsError("METRICS_TOKEN", "must not be a callback token")
+    out["metrics_token"] = metrics

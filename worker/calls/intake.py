@@ -11,7 +11,8 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from worker import jobs, keys
+from worker import jobs, keys, metrics
+from worker.calls import timeline
 from worker.settings import DEFAULT_ACCOUNT
 
 if TYPE_CHECKING:
@@ -19,20 +20,29 @@ if TYPE_CHECKING:
 
     from worker.calls.callbacks import CallbackEvent
 
-# KEYS: call hash, jobs. ARGV: retention, callback json, terminal, fetch job id,
-# delay, event key, direction. Everything about a call lives in its one hash:
-# "seen:<event>" marks each event once, "fetch" that its legs fetch was booked,
-# "terminal" holds the terminal callback, "event:<event>" any other one.
+# KEYS: call hash, jobs, the call's timeline, then metrics.bucket_keys(). ARGV:
+# retention, callback json, terminal, fetch job id, delay, event key, direction,
+# timeline entry, timeline cap, the "accepted" and "duplicate" counter fields.
+# Everything about a call lives in its one hash: "seen:<event>" marks each event
+# once, "fetch" that its legs fetch was booked, "terminal" holds the terminal
+# callback, "event:<event>" any other one, "received_at" the first callback's time.
 # Returns 0 duplicate, 1 accepted, 2 accepted and a fetch was booked.
-_ACCEPT = """
-if redis.call('HSETNX', KEYS[1], 'seen:' .. ARGV[6], '1') == 0 then return 0 end
+_ACCEPT = (
+    metrics.LUA
+    + timeline.LUA
+    + """
+if redis.call('HSETNX', KEYS[1], 'seen:' .. ARGV[6], '1') == 0 then
+  metric(KEYS[4], KEYS[5], KEYS[6], ARGV[11], 1)
+  return 0
+end
 local result = 1
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('HSETNX', KEYS[1], 'received_at', tostring(now))
 if ARGV[7] ~= '' then redis.call('HSETNX', KEYS[1], 'direction', ARGV[7]) end
 if ARGV[3] == '1' then
   redis.call('HSET', KEYS[1], 'terminal', ARGV[2])
   if redis.call('HSETNX', KEYS[1], 'fetch', '1') == 1 then
-    local t = redis.call('TIME')
-    local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
     redis.call('ZADD', KEYS[2], 'NX', now + tonumber(ARGV[5]), ARGV[4])
     result = 2
   end
@@ -40,8 +50,13 @@ else
   redis.call('HSET', KEYS[1], 'event:' .. ARGV[6], ARGV[2])
 end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
+timeline(KEYS[3], ARGV[8], ARGV[9], ARGV[1])
+metric(KEYS[4], KEYS[5], KEYS[6], ARGV[10], 1)
 return result
 """
+)
+_ACCEPTED = metrics.series(metrics.Counter.CALLBACKS, outcome=metrics.CallbackOutcome.ACCEPTED)
+_DUPLICATE = metrics.series(metrics.Counter.CALLBACKS, outcome=metrics.CallbackOutcome.DUPLICATE)
 
 
 @dataclass(frozen=True)
@@ -67,7 +82,12 @@ class Intake:
         )
         result = int(
             self._accept(
-                keys=[keys.call(sid, account), keys.JOBS],
+                keys=[
+                    keys.call(sid, account),
+                    keys.JOBS,
+                    timeline.key(sid, account),
+                    *metrics.bucket_keys(),
+                ],
                 args=[
                     self.retention_seconds,
                     payload,
@@ -76,6 +96,16 @@ class Intake:
                     self.fetch_delay,
                     event.dedupe_key,
                     event.direction or "",
+                    timeline.dumps(
+                        timeline.entry(
+                            timeline.Kind.CALLBACK,
+                            event.event,
+                            code=event.status if event.status != event.event else None,
+                        )
+                    ),
+                    timeline.CAP,
+                    _ACCEPTED,
+                    _DUPLICATE,
                 ],
             )
         )
@@ -97,3 +127,28 @@ def terminal_callback(
 ) -> tuple[dict[str, Any], str | None, str | None]:
     """The terminal callback's fields, its normalised status and the call's direction."""
     return parse_callback(redis.hmget(keys.call(call_sid, account), CALLBACK_FIELDS))
+
+
+def call_summary(redis: Redis, call_sid: str, account: str = DEFAULT_ACCOUNT) -> dict[str, Any]:
+    """What the call's hash holds, for the console: when it arrived, events, callbacks."""
+    raw = redis.hgetall(keys.call(call_sid, account))
+    if not raw:
+        return {}
+    fields = {
+        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+        for k, v in raw.items()
+    }
+    callbacks = []
+    for name, value in sorted(fields.items()):
+        if name == "terminal" or name.startswith("event:"):
+            try:
+                callbacks.append(json.loads(value))
+            except ValueError:
+                continue
+    received = fields.get("received_at")
+    return {
+        "received_at": float(received) if received else None,
+        "events": sorted(k.removeprefix("seen:") for k in fields if k.startswith("seen:")),
+        "direction": fields.get("direction"),
+        "callbacks": callbacks,
+    }

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from worker import keys
 from worker.settings import DEFAULT_ACCOUNT
@@ -187,6 +187,52 @@ class JobBook:
 
     def record_error(self, job_id: str, error: str) -> None:
         self.redis.hset(keys.job(job_id), "last_error", error[:2000])
+
+    def backlog(self, sample: int = 500) -> dict[str, Any]:
+        """Jobs booked, overdue (due now or earlier), the oldest overdue's age, and retrying.
+
+        ``retrying`` counts jobs that have failed at least once among the first
+        ``sample`` booked jobs (a lower bound when the book is larger).
+        """
+        now = time.time()
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zcard(keys.JOBS)
+        pipe.zcount(keys.JOBS, "-inf", now)
+        pipe.zrange(keys.JOBS, 0, 0, withscores=True)
+        pipe.zrange(keys.JOBS, 0, sample - 1)
+        booked, overdue, first, ids = pipe.execute()
+        pipe = self.redis.pipeline(transaction=False)
+        for raw in ids:
+            pipe.hexists(keys.job(raw.decode() if isinstance(raw, bytes) else raw), "last_error")
+        retrying = sum(1 for failed in pipe.execute() if failed) if ids else 0
+        oldest = now - float(first[0][1]) if first and float(first[0][1]) <= now else 0.0
+        return {
+            "booked": int(booked),
+            "waiting": int(booked) - int(overdue),
+            "overdue": int(overdue),
+            "oldest_overdue_seconds": round(oldest, 3),
+            "retrying": retrying,
+            "retrying_sampled": len(ids) < int(booked),
+        }
+
+    def describe(self, job_id: str) -> dict[str, Any] | None:
+        """A booked job's due time and attempts; None when it is not in the book."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zscore(keys.JOBS, job_id)
+        pipe.hgetall(keys.job(job_id))
+        score, raw = pipe.execute()
+        if score is None:
+            return None
+        info = {
+            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+            for k, v in raw.items()
+        }
+        return {
+            "job_id": job_id,
+            "due_at": float(score),
+            "attempts": int(info.get("attempts", 0) or 0),
+            "last_error": info.get("last_error"),
+        }
 
     def info(self, job_id: str) -> dict[str, str]:
         raw = self.redis.hgetall(keys.job(job_id))

@@ -118,6 +118,16 @@ class DeadLetters:
         pipe.zrem(keys.DEAD, letter.job_id)
         pipe.execute()
 
+    def discard(self, job_ids: list[str]) -> int:
+        """Remove these dead letters for good (the console's purge, after its confirmation)."""
+        if not job_ids:
+            return 0
+        pipe = self.redis.pipeline()
+        for job_id in job_ids:
+            pipe.zrem(keys.DEAD, job_id)
+            pipe.delete(keys.dead(job_id))
+        return sum(int(r) for r in pipe.execute()[0::2])
+
     def purge(self, older_than_seconds: float, account: str | None = None) -> int:
         """Drop dead letters older than that (only one account's with ``account``)."""
         cutoff = time.time() - older_than_seconds

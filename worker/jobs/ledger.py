@@ -30,6 +30,14 @@ def _state(
     return raw.decode() if isinstance(raw, bytes) else raw
 
 
+def states(redis: Redis, call_sid: str, account: str = DEFAULT_ACCOUNT) -> dict[str, str]:
+    """Every sink's ledger entry for a call: a delivery time, or ``pending:<time>``."""
+    return {
+        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+        for k, v in redis.hgetall(keys.ledger(call_sid, account)).items()
+    }
+
+
 def delivered(redis: Redis, call_sid: str, sink_name: str, account: str = DEFAULT_ACCOUNT) -> bool:
     state = _state(redis, call_sid, sink_name, account)
     return state is not None and not state.startswith(PENDING)

@@ -38,7 +38,8 @@ def state_keys(client: redis.Redis) -> set[bytes]:
     """Every exolegs key a callback can create (rate-limit buckets are not callback state)."""
     return {
         k for k in client.keys("exolegs:*")
-        if isinstance(k, bytes) and not k.startswith(b"exolegs:bucket:")
+        if isinstance(k, bytes)
+        and not k.startswith((b"exolegs:bucket:", b"exolegs:metrics:"))
     }
 
 
