@@ -62,12 +62,14 @@ def _name_of(url: str) -> str:
 
 
 def check_sinks(settings: Settings, redis: Redis | None = None) -> list[tuple[str, bool, str]]:
-    """Build every configured sink and run its ``check()``: ``(name, ok, message)`` each.
+    """Build every configured sink and run its ``check()``: ``(name, ok, message)`` rows.
 
+    A sink whose check finds several problems (a missing scope, a missing
+    field) gets one row for each, in the order found.
     A URL that does not build is reported under its ``?name=`` (else its
     scheme) and does not stop the others from being checked.
     """
-    from worker.sinks.base import SinkContext
+    from worker.sinks.base import CheckFailed, SinkContext
 
     secrets = settings.secrets()
 
@@ -96,6 +98,8 @@ def check_sinks(settings: Settings, redis: Redis | None = None) -> list[tuple[st
         sink = next(built)
         try:
             message = sink.check()
+        except CheckFailed as failed:  # one row per problem, each saying what to change
+            results.extend((clean(sink.name), False, clean(line)) for line in failed.problems)
         except Exception as err:  # noqa: BLE001 - every failure is a row
             results.append((clean(sink.name), False, clean(_describe(err))))
         else:

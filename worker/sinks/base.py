@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
-from worker.errors import PermanentError
+from worker.errors import ConfigFaultError, PermanentError
 from worker.redact import mask_url
 
 if TYPE_CHECKING:
@@ -22,6 +22,18 @@ if TYPE_CHECKING:
     from worker.settings import Rate, Settings
 
 CallRecord = dict[str, Any]
+
+
+class CheckFailed(ConfigFaultError):
+    """``check()`` found problems in the destination's settings, one line each.
+
+    Each line says what is wrong and what to change (a scope to grant, a
+    field to create), so ``exolegs sinks check`` prints one row per problem.
+    """
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = list(problems)
 
 
 @dataclass

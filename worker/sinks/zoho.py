@@ -12,9 +12,14 @@ Zoho Accounts server, which names its data centre: accounts.zoho.com, .in,
   Redis for every worker (a refresh token may mint only ~10 access tokens per
   10 minutes) and the ``api_domain`` that comes with it is where the API is
   called, as ``Authorization: Zoho-oauthtoken <token>``. A 401 INVALID_TOKEN
-  drops the cached token and mints one more, once. Scopes:
-  ``ZohoCRM.modules.calls.CREATE,ZohoCRM.modules.calls.READ,
-  ZohoCRM.modules.contacts.READ,ZohoCRM.modules.leads.READ``.
+  drops the cached token and mints one more, once. Scopes (:data:`SCOPES`):
+  the module scopes of each call, ``ZohoSearch.securesearch.READ`` for every
+  search (Zoho's search API requires it, v2 through v8) and
+  ``ZohoCRM.settings.fields.READ`` for the Calls field metadata.
+- Fields: ``GET /crm/v8/settings/fields?module=Calls`` says which fields the
+  org has; the sink writes the names it finds (``Outgoing_Call_Status`` or
+  ``Outbound_Call_Status``), cached for an hour per process, and the
+  documented names when the metadata cannot be read.
 - Who: ``GET /crm/v8/Contacts/search?phone=…`` (E.164, then the national
   number), then the same on Leads; 204 means no match. A contact is
   ``Who_Id``; a lead is ``What_Id`` with ``$se_module: Leads``.
@@ -31,7 +36,8 @@ Zoho Accounts server, which names its data centre: accounts.zoho.com, .in,
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlsplit
 
 import requests
@@ -45,7 +51,7 @@ from worker.errors import (
     TransientError,
 )
 from worker.settings import Rate
-from worker.sinks.base import CallRecord, SinkContext
+from worker.sinks.base import CallRecord, CheckFailed, SinkContext
 from worker.sinks.crm import (
     CrmSink,
     call_direction,
@@ -63,6 +69,9 @@ from worker.sinks.crm import (
     talk_seconds,
     token_key,
 )
+from worker.sinks.crm.fields import FieldCache, FieldInfo, FieldMap, FieldSpec, resolve
+
+T = TypeVar("T")
 
 #: Zoho Accounts server -> the API domain of the same data centre.
 DATA_CENTRES = {
@@ -77,6 +86,24 @@ DATA_CENTRES = {
 }
 TOKEN_BLOCK_SECONDS = 600.0  # "blocked for the rest of the ten minutes"
 CREDITS_EXHAUSTED_WAIT = 3600.0
+#: Every scope the sink needs, for the Self Client's grant token.
+SCOPES = (
+    "ZohoCRM.modules.calls.CREATE",
+    "ZohoCRM.modules.calls.READ",
+    "ZohoCRM.modules.contacts.READ",
+    "ZohoCRM.modules.leads.READ",
+    "ZohoSearch.securesearch.READ",
+    "ZohoCRM.settings.fields.READ",
+)
+#: What each endpoint family needs (Zoho's API reference, per endpoint).
+ENDPOINT_SCOPES = {
+    "Contacts search": ("ZohoCRM.modules.contacts.READ", "ZohoSearch.securesearch.READ"),
+    "Leads search": ("ZohoCRM.modules.leads.READ", "ZohoSearch.securesearch.READ"),
+    "Calls search": ("ZohoCRM.modules.calls.READ", "ZohoSearch.securesearch.READ"),
+    "Calls create": ("ZohoCRM.modules.calls.CREATE",),
+    "Calls field metadata": ("ZohoCRM.settings.fields.READ",),
+}
+_FIELDS_FIX = "in Zoho CRM Setup > Customization > Modules and Fields > Calls, "
 _API_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,99}")
 _TOKEN_CONFIG_ERRORS = {
     "invalid_code": "the refresh token is invalid, expired or revoked, or belongs to another "
@@ -126,6 +153,70 @@ class ZohoSink(CrmSink):
                 f"zoho:// call_sid_field must be a field API name, not {self.call_sid_field!r}",
             )
         self.cache_key = token_key("zoho", self.accounts_base, self.client_id, self.refresh_token)
+        self.field_cache = FieldCache(self.field_specs(), self.read_fields, what="Zoho CRM Calls")
+
+    def field_specs(self) -> list[FieldSpec]:
+        """What the sink writes in Calls; the first name is the documented one."""
+        return [
+            FieldSpec("subject", ("Subject",)),
+            FieldSpec("call_type", ("Call_Type",), values=("Inbound", "Outbound", "Missed")),
+            FieldSpec("start", ("Call_Start_Time",)),
+            FieldSpec("duration", ("Call_Duration",)),
+            FieldSpec("description", ("Description",), required=False),
+            FieldSpec(
+                "outbound_status",
+                ("Outgoing_Call_Status", "Outbound_Call_Status"),
+                values=("Completed",),
+                fix=_FIELDS_FIX + "restore the standard outgoing call status field",
+            ),
+            FieldSpec("owner", ("Owner",), required=False),
+            FieldSpec("who", ("Who_Id",), required=False),
+            FieldSpec("what", ("What_Id",), required=False),
+            FieldSpec(
+                "call_sid",
+                (self.call_sid_field,),
+                fix=_FIELDS_FIX + f"add a single-line field with the API name "
+                f"{self.call_sid_field} (tick 'Do not allow duplicate values'), or name an "
+                "existing one with call_sid_field= in the zoho:// URL",
+            ),
+        ]
+
+    def read_fields(self) -> dict[str, FieldInfo]:
+        """The Calls fields this org has, from ``settings/fields?module=Calls``."""
+        response = self._api(
+            "GET",
+            "/settings/fields",
+            what="Calls field metadata",
+            family="Calls field metadata",
+            params={"module": "Calls"},
+        )
+        data = response_json(response)
+        rows = data.get("fields") if isinstance(data, dict) else None
+        fields: dict[str, FieldInfo] = {}
+        for row in rows if isinstance(rows, list) else []:
+            if not isinstance(row, dict) or not row.get("api_name"):
+                continue
+            picks = row.get("pick_list_values")
+            options = (
+                tuple(
+                    str(p.get("actual_value") or p.get("display_value"))
+                    for p in picks
+                    if isinstance(p, dict)
+                )
+                if isinstance(picks, list) and picks
+                else None
+            )
+            name = str(row["api_name"])
+            fields[name] = FieldInfo(
+                name,
+                kind=str(row.get("data_type") or ""),
+                options=options,
+                writable=not (row.get("read_only") or row.get("field_read_only")),
+            )
+        return fields
+
+    def fields(self) -> FieldMap:
+        return self.field_cache.get()
 
     # ---------------------------------------------------------------- tokens
     def mint(self) -> tuple[str, float, dict[str, Any]]:
@@ -178,10 +269,14 @@ class ZohoSink(CrmSink):
         path: str,
         *,
         what: str,
+        family: str,
         params: dict[str, str] | None = None,
         body: Any = None,
     ) -> requests.Response:
         """Call the API with the shared token; re-mint once on INVALID_TOKEN.
+
+        ``family`` names the endpoint family (a key of :data:`ENDPOINT_SCOPES`)
+        so that a scope error says which scope that call needs.
 
         Returns 2xx answers and 4xx answers that carry per-record results
         (``{"data": [...]}``); raises for everything else.
@@ -215,10 +310,12 @@ class ZohoSink(CrmSink):
                 and has_records
             ):
                 return response
-            raise self._error(response, what, data)
+            raise self._error(response, what, data, family)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _error(self, response: requests.Response, what: str, data: Any) -> ExolegsError:
+    def _error(
+        self, response: requests.Response, what: str, data: Any, family: str = ""
+    ) -> ExolegsError:
         status = response.status_code
         body = data if isinstance(data, dict) else {}
         code = str(body.get("code") or "")
@@ -239,11 +336,19 @@ class ZohoSink(CrmSink):
                 upstream_status=status,
                 upstream_code=code or None,
             )
+        if status == 401 and code == "OAUTH_SCOPE_MISMATCH":
+            needed = " and ".join(ENDPOINT_SCOPES.get(family, ()))
+            return ConfigFaultError(
+                f"{shown}: the refresh token lacks a scope this call needs"
+                + (f" ({needed})" if needed else "")
+                + f". {scope_fix()}",
+                upstream_status=status,
+                upstream_code=code,
+            )
         if status == 401:
             return ConfigFaultError(
-                f"{shown}: {message}. The access token was refused after a fresh mint: give the "
-                "Self Client the scopes ZohoCRM.modules.calls.CREATE, calls.READ, contacts.READ "
-                "and leads.READ and mint a new refresh token",
+                f"{shown}: {message}. The access token was refused after a fresh mint. "
+                + scope_fix(),
                 upstream_status=status,
                 upstream_code=code or None,
             )
@@ -274,6 +379,7 @@ class ZohoSink(CrmSink):
                     "GET",
                     f"/{module}/search",
                     what=f"{module} search by phone",
+                    family=f"{module} search",
                     params={"phone": value},
                 )
                 found = _first_id(response)
@@ -287,59 +393,71 @@ class ZohoSink(CrmSink):
             "GET",
             "/Calls/search",
             what=f"Calls search by {self.call_sid_field}",
+            family="Calls search",
             params={"criteria": f"({self.call_sid_field}:equals:{_criteria_value(call_sid)})"},
         )
         if response.status_code >= 300:
-            raise self._error(response, "Calls search", response_json(response))
+            raise self._error(response, "Calls search", response_json(response), "Calls search")
         return _first_id(response) is not None
 
     # ---------------------------------------------------------------- deliver
     def call_fields(self, record: CallRecord, party: tuple[str, str] | None) -> dict[str, Any]:
+        """The Calls record, under the field names this org has."""
+        names = self.fields()
         outcome = call_outcome(record)
         direction = call_direction(record)
         if direction == "outbound":
             call_type = "Outbound"
         else:
             call_type = "Inbound" if outcome.answered else "Missed"
-        fields: dict[str, Any] = {
-            "Subject": call_title(record)[:255],
-            "Call_Type": call_type,
-            "Call_Start_Time": iso_with_offset(call_start(record)),
-            "Call_Duration": duration_mmss(talk_seconds(record)),
-            "Description": summary_text(record, recording=self.recording(record))[:32000],
-            self.call_sid_field: str(record["call_sid"]),
+        values: dict[str, Any] = {
+            "subject": call_title(record)[:255],
+            "call_type": call_type,
+            "start": iso_with_offset(call_start(record)),
+            "duration": duration_mmss(talk_seconds(record)),
+            "description": summary_text(record, recording=self.recording(record))[:32000],
+            "call_sid": str(record["call_sid"]),
         }
         if call_type == "Outbound":
-            fields["Outgoing_Call_Status"] = "Completed"
+            values["outbound_status"] = "Completed"
         owner = self.owner_id(record)
         if owner:
-            fields["Owner"] = {"id": owner}
+            values["owner"] = {"id": owner}
+        fields: dict[str, Any] = {}
         if party is not None:
             module, record_id = party
             if module == "Contacts":
-                fields["Who_Id"] = {"id": record_id}
-            else:
-                fields["What_Id"] = {"id": record_id}
+                values["who"] = {"id": record_id}
+            elif names.name("what"):
+                values["what"] = {"id": record_id}
                 fields["$se_module"] = module
+        for role, value in values.items():
+            name = names.name(role)
+            if name:
+                fields[name] = value
         return fields
 
     def deliver(self, record: CallRecord) -> None:
         call_sid = str(record["call_sid"])
         fields = self.call_fields(record, self.find_party(record))
         what = f"call {call_sid} create"
-        response = self._api("POST", "/Calls", what=what, body={"data": [fields]})
+        response = self._api(
+            "POST", "/Calls", what=what, family="Calls create", body={"data": [fields]}
+        )
         data = response_json(response)
         results = data.get("data") if isinstance(data, dict) else None
         first = results[0] if isinstance(results, list) and results else None
         if not isinstance(first, dict):
             if response.status_code < 300:
                 raise TransientError(f"Zoho CRM {what} answered without a result; retrying")
-            raise self._error(response, what, data)
+            raise self._error(response, what, data, "Calls create")
         code = str(first.get("code") or "")
         if code == "SUCCESS" or code == "DUPLICATE_DATA":
             return  # DUPLICATE_DATA: the call sid field is unique and already holds this call
         message = self.http.scrub(str(first.get("message") or code))
         details = _details(first)
+        if code == "INVALID_DATA":
+            self.field_cache.forget()  # a field may have been renamed or deleted: read again
         if code == "INVALID_DATA" and self.call_sid_field in details:
             raise ConfigFaultError(
                 f"Zoho CRM {what}: {message} {details}; create the single-line field "
@@ -354,8 +472,57 @@ class ZohoSink(CrmSink):
         )
 
     def check(self) -> str:
-        self.lookup("exolegs-check")
-        return f"Zoho CRM token minted at {self.accounts_base} and Calls are searchable"
+        """One harmless read per endpoint family (searches included) and the Calls fields.
+
+        Each problem found (a missing scope, a missing field, a picklist
+        without our value) is one line saying what to change in Zoho.
+        Creating Calls cannot be tried without writing one, so
+        ``ZohoCRM.modules.calls.CREATE`` is confirmed by the first delivery.
+        """
+        problems: list[str] = []
+        probe = "+10000000000"  # a number no contact has: the search answers 204
+        for module in ("Contacts", "Leads"):
+            self._probe(
+                problems,
+                lambda module=module: self._api(  # type: ignore[misc]
+                    "GET",
+                    f"/{module}/search",
+                    what=f"{module} search (check)",
+                    family=f"{module} search",
+                    params={"phone": probe},
+                ),
+            )
+        fields = self._probe(problems, self.read_fields)
+        if fields is not None:
+            names, found = resolve(self.field_specs(), fields, what="Zoho CRM Calls")
+            problems.extend(found)
+            if names.name("call_sid") in fields:
+                self._probe(problems, lambda: self.lookup("exolegs-check"))
+        if problems:
+            raise CheckFailed(problems)
+        return (
+            f"Zoho CRM token minted at {self.accounts_base}; Contacts, Leads and Calls are "
+            "searchable and Calls has every field written (calls.CREATE is confirmed by the "
+            "first delivery)"
+        )
+
+    @staticmethod
+    def _probe(problems: list[str], call: Callable[[], T]) -> T | None:
+        """Run one check call; a configuration fault becomes a problem line."""
+        try:
+            return call()
+        except ConfigFaultError as err:
+            if err.message not in problems:
+                problems.append(err.message)
+            return None
+
+
+def scope_fix() -> str:
+    """What to do about a scope: one grant with every scope the sink needs."""
+    return (
+        "In the Zoho API console (Self Client), generate a grant token with the scopes "
+        f"{','.join(SCOPES)}, then a new refresh token, and update the zoho:// URL in SINKS"
+    )
 
 
 def _first_id(response: requests.Response) -> str | None:

@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.unit.sinks.fakes import ADITYA_SIP, CUSTOMER_E164, CUSTOMER_NATIONAL, SANJAY, make_record
+from tests.unit.sinks.fakes import (
+    ADITYA_SIP,
+    CUSTOMER_E164,
+    CUSTOMER_NATIONAL,
+    ROOT,
+    SANJAY,
+    make_record,
+)
 from tests.unit.sinks.fakes.zoho import FakeZoho
 from worker.errors import (
     ConfigFaultError,
@@ -19,9 +26,9 @@ from worker.errors import (
     TransientError,
 )
 from worker.settings import Rate, Settings
-from worker.sinks.base import SinkContext
+from worker.sinks.base import CheckFailed, SinkContext
 from worker.sinks.registry import build_sink
-from worker.sinks.zoho import ZohoSink
+from worker.sinks.zoho import SCOPES, ZohoSink
 
 SID = "f1ca1057692d586b23b4e7ffcc3216mk"
 OWNER_SANJAY = "4150868000000225013"
@@ -221,19 +228,108 @@ def test_a_token_refused_after_a_fresh_mint_is_a_configuration_fault(
     assert len(zoho.accounts.minted) == 2  # one re-mint, not a loop
 
 
-def test_scope_mismatch_is_a_configuration_fault(zoho: FakeZoho, make_sink: MakeSink) -> None:
-    zoho.crm.fail_next(
-        401,
-        {
-            "code": "OAUTH_SCOPE_MISMATCH",
-            "details": {},
-            "message": "invalid oauth scope",
-            "status": "error",
-        },
-    )
-    with pytest.raises(ConfigFaultError):
+# The scopes the sink documents, as Zoho enforces them per endpoint.
+SCOPES_BEFORE_THE_FIX = {
+    "ZohoCRM.modules.calls.CREATE",
+    "ZohoCRM.modules.calls.READ",
+    "ZohoCRM.modules.contacts.READ",
+    "ZohoCRM.modules.leads.READ",
+}
+
+
+def test_a_refresh_token_with_the_documented_scopes_logs_a_call_on_a_known_contact(
+    zoho: FakeZoho, make_sink: MakeSink
+) -> None:
+    zoho.accounts.granted = set(SCOPES)  # exactly what the sink (and docs/sinks.md) asks for
+    contact = zoho.crm.add("Contacts", phone=CUSTOMER_NATIONAL)
+    make_sink().deliver(make_record(SID))
+    assert only_call(zoho)["Who_Id"] == {"id": contact}
+
+
+def test_every_search_needs_the_search_scope(zoho: FakeZoho, make_sink: MakeSink) -> None:
+    """Without ZohoSearch.securesearch.READ Zoho answers 401 to the contact search."""
+    zoho.accounts.granted = set(SCOPES_BEFORE_THE_FIX)
+    zoho.crm.add("Contacts", phone=CUSTOMER_NATIONAL)
+    with pytest.raises(ConfigFaultError, match="OAUTH_SCOPE_MISMATCH") as caught:
         make_sink().deliver(make_record(SID))
-    assert len(zoho.accounts.minted) == 1
+    said = caught.value.message
+    assert "ZohoSearch.securesearch.READ" in said and "Contacts search" in said
+    assert ",".join(SCOPES) in said  # the hint lists every scope, the search one included
+    assert zoho.crm.calls == {}
+    assert len(zoho.accounts.minted) == 1  # a scope error is not an expired token
+
+
+def test_the_docs_list_every_scope_the_sink_needs() -> None:
+    docs = (ROOT / "docs" / "sinks.md").read_text(encoding="utf-8")
+    zoho_section = docs.split("## Zoho CRM", 1)[1].split("\n## ", 1)[0]
+    for scope in SCOPES:
+        assert scope in zoho_section, scope
+
+
+def test_outbound_call_status_follows_the_orgs_field_name(
+    zoho: FakeZoho, make_sink: MakeSink
+) -> None:
+    zoho.crm.status_field = "Outbound_Call_Status"
+    sink = make_sink()
+    sink.deliver(make_record(SID, direction="outbound"))
+    sink.deliver(make_record("c2" + SID[2:], direction="outbound"))
+    assert [c["Outbound_Call_Status"] for c in zoho.crm.calls.values()] == ["Completed"] * 2
+    assert all("Outgoing_Call_Status" not in c for c in zoho.crm.calls.values())
+    # the metadata is read once and kept
+    assert len(zoho.crm.seen("GET", "/crm/v8/settings/fields")) == 1
+
+
+def test_without_the_fields_scope_the_documented_names_are_written(
+    zoho: FakeZoho, make_sink: MakeSink
+) -> None:
+    zoho.accounts.granted = set(SCOPES) - {"ZohoCRM.settings.fields.READ"}
+    make_sink().deliver(make_record(SID, direction="outbound"))
+    assert only_call(zoho)["Outgoing_Call_Status"] == "Completed"
+
+
+def test_a_renamed_field_is_read_again_after_zoho_refuses_it(
+    zoho: FakeZoho, make_sink: MakeSink
+) -> None:
+    sink = make_sink()
+    sink.deliver(make_record(SID, direction="outbound"))
+    zoho.crm.status_field = "Outbound_Call_Status"  # an admin changed the layout
+    with pytest.raises(PermanentError, match="INVALID_DATA"):
+        sink.deliver(make_record("c2" + SID[2:], direction="outbound"))
+    sink.deliver(make_record("c2" + SID[2:], direction="outbound"))
+    assert zoho.crm.calls_for("c2" + SID[2:])[0]["Outbound_Call_Status"] == "Completed"
+
+
+def test_check_reports_a_missing_scope_and_a_missing_field_with_the_fix(
+    zoho: FakeZoho, make_sink: MakeSink
+) -> None:
+    zoho.accounts.granted = set(SCOPES) - {"ZohoSearch.securesearch.READ"}
+    zoho.crm.custom_fields = set()
+    with pytest.raises(CheckFailed) as caught:
+        make_sink().check()
+    problems = caught.value.problems
+    assert len(problems) == 3, problems  # both searches, then the field
+    *scopes, field = problems
+    for module, scope in zip(("Contacts", "Leads"), scopes, strict=True):
+        assert f"{module} search" in scope and "ZohoSearch.securesearch.READ" in scope
+        assert "generate a grant token with the scopes" in scope
+    assert "no field Exotel_Call_SID" in field and "add a single-line field" in field
+    assert zoho.crm.calls == {}  # the check writes nothing
+
+
+def test_check_reports_a_picklist_without_our_value(zoho: FakeZoho, make_sink: MakeSink) -> None:
+    from tests.unit.sinks.fakes import zoho as fake_module
+
+    original = fake_module.PICKLISTS["Call_Type"]
+    fake_module.PICKLISTS["Call_Type"] = ["Inbound", "Outbound"]
+    try:
+        with pytest.raises(CheckFailed) as caught:
+            make_sink().check()
+    finally:
+        fake_module.PICKLISTS["Call_Type"] = original
+    assert caught.value.problems == [
+        "Zoho CRM Calls field Call_Type has no picklist value 'Missed': add it to the "
+        "field's picklist"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -300,10 +396,12 @@ def test_token_endpoint_down_is_transient(zoho: FakeZoho, make_sink: MakeSink) -
         make_sink().deliver(make_record(SID))
 
 
-def test_check_mints_and_searches(zoho: FakeZoho, make_sink: MakeSink) -> None:
+def test_check_mints_searches_and_reads_the_fields(zoho: FakeZoho, make_sink: MakeSink) -> None:
     said = make_sink().check()
-    assert "Calls are searchable" in said
+    assert "searchable" in said and "every field" in said
     assert all(secret not in said for secret in zoho.secrets)
+    for path in ("Contacts/search", "Leads/search", "Calls/search", "settings/fields"):
+        assert zoho.crm.seen("GET", f"/crm/v8/{path}"), path
 
 
 def test_zoho_url_secrets_are_masked(zoho: FakeZoho, make_sink: MakeSink) -> None:

@@ -87,3 +87,29 @@ def display_number(record: CallRecord) -> str | None:
         if isinstance(value, str) and value.strip() and value.strip().lower() != "null":
             return value.strip()
     return None
+
+
+def dialable(value: object, default_country: str) -> str | None:
+    """E.164 for a number a CRM may be given as a phone number, else None.
+
+    Masked numbers (``0987xxxxxxx``), SIP URIs (``sip:asha@acme…``, even with
+    digits in the user part) and anything that is not a valid number are not
+    dialable: no CRM gets them as a phone number, and no contact is searched
+    for with them.
+    """
+    if not isinstance(value, str):
+        return None
+    return to_e164(value, default_country)
+
+
+def agent_phone(record: CallRecord, default_country: str) -> str | None:
+    """The dialable number of the agent who answered, else of the first agent dialled."""
+    agent = record.get("answered_by") or next(iter(record.get("agents") or []), None)
+    if not isinstance(agent, Mapping):
+        return None
+    for leg in [*(record.get("from") or []), *(record.get("to") or [])]:
+        if isinstance(leg, Mapping) and leg.get("contact_uri") == agent.get("contact_uri"):
+            return dialable(leg.get("phone_e164"), default_country) or dialable(
+                leg.get("contact_uri"), default_country
+            )
+    return dialable(agent.get("contact_uri"), default_country)

@@ -1,19 +1,35 @@
 """A fake Zoho: the Accounts token endpoint and the CRM v8 API, on two servers.
 
-Accounts (``/oauth/v2/token``) mints one-hour tokens for the refresh-token
-grant and answers what Zoho answers: ``{"error": "invalid_code"}`` for a bad
-refresh token, ``{"error": "invalid_client"}`` for an unknown client, and
-``{"error": "Access Denied", "error_description": "You have made too many
-requests continuously..."}`` past 10 tokens in 10 minutes. Its token answer
-names the CRM server as ``api_domain``, so a sink that ignores api_domain
-fails.
+It behaves as Zoho documents, not as the sink assumes:
 
-The CRM server checks ``Authorization: Zoho-oauthtoken``, answers 401
-INVALID_TOKEN for expired tokens, searches Contacts/Leads by ``phone`` (204
-when nothing matches), searches Calls by ``criteria``, and validates inserted
-Calls (Subject, Call_Type, Call_Start_Time with offset, Call_Duration mm:ss,
-Who_Id/What_Id+$se_module, Owner) with per-record codes SUCCESS /
-MANDATORY_NOT_FOUND / INVALID_DATA / DUPLICATE_DATA.
+- Accounts (``/oauth/v2/token``) mints one-hour tokens for the refresh-token
+  grant, carrying the scopes the Self Client's grant was made with
+  (:attr:`FakeZohoAccounts.granted`, every scope the sink needs unless a test
+  removes one). Errors come back with HTTP 200 and an ``error`` field:
+  ``invalid_code``, ``invalid_client``, and past 10 tokens per refresh token
+  in 10 minutes ``{"error": "Access Denied", "error_description": "You have
+  made too many requests continuously..."}``
+  (https://www.zoho.com/crm/developer/docs/api/v8/refresh.html,
+  https://www.zoho.com/crm/developer/docs/api/v8/oauth-overview.html). The
+  token answer names the CRM server as ``api_domain``.
+- The CRM server checks ``Authorization: Zoho-oauthtoken``, answers 401
+  INVALID_TOKEN for expired tokens and 401 ``OAUTH_SCOPE_MISMATCH`` when the
+  token lacks the scope an endpoint documents
+  (https://www.zoho.com/crm/developer/docs/api/v8/status-codes.html):
+  searches need ``ZohoCRM.modules.<module>.READ`` *and*
+  ``ZohoSearch.securesearch.READ``
+  (https://www.zoho.com/crm/developer/docs/api/v8/search-records.html),
+  inserting Calls ``ZohoCRM.modules.calls.CREATE``
+  (https://www.zoho.com/crm/developer/docs/api/v8/insert-records.html), the
+  field metadata ``ZohoCRM.settings.fields.READ``
+  (https://www.zoho.com/crm/developer/docs/api/v8/field-meta.html).
+- It searches Contacts/Leads by ``phone`` (204 when nothing matches) and Calls
+  by ``criteria``; answers ``GET settings/fields?module=Calls`` with the
+  org's Calls fields (:attr:`FakeZohoCRM.status_field` may be the older or the
+  newer name); and validates inserted Calls against those fields (Subject,
+  Call_Type, Call_Start_Time with offset, Call_Duration mm:ss,
+  Who_Id/What_Id+$se_module, Owner) with per-record codes SUCCESS /
+  MANDATORY_NOT_FOUND / INVALID_DATA / DUPLICATE_DATA.
 """
 
 from __future__ import annotations
@@ -22,30 +38,55 @@ import itertools
 import re
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 from tests.unit.sinks.fakes import FakeServer, Problem, Reply, Seen
 
-CALL_FIELDS = {
-    "Subject",
-    "Call_Type",
-    "Call_Start_Time",
-    "Call_Duration",
-    "Description",
-    "Outgoing_Call_Status",
-    "Owner",
-    "Who_Id",
-    "What_Id",
-    "$se_module",
+#: Every scope a Self Client needs for the endpoints the sink calls (Zoho's API reference).
+ALL_SCOPES = frozenset(
+    {
+        "ZohoCRM.modules.calls.CREATE",
+        "ZohoCRM.modules.calls.READ",
+        "ZohoCRM.modules.contacts.READ",
+        "ZohoCRM.modules.leads.READ",
+        "ZohoSearch.securesearch.READ",
+        "ZohoCRM.settings.fields.READ",
+    }
+)
+STANDARD_FIELDS = {
+    "Subject": "text",
+    "Call_Type": "picklist",
+    "Call_Start_Time": "datetime",
+    "Call_Duration": "text",
+    "Description": "textarea",
+    "Owner": "ownerlookup",
+    "Who_Id": "lookup",
+    "What_Id": "lookup",
+    "Call_Purpose": "picklist",
+    "Call_Result": "picklist",
+}
+PICKLISTS = {
+    "Call_Type": ["Inbound", "Outbound", "Missed"],
+    "Outgoing_Call_Status": ["Completed", "Scheduled"],
+    "Outbound_Call_Status": ["Completed", "Scheduled"],
 }
 ISO_WITH_OFFSET = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d")
 
 
 def zoho_error(code: str, message: str, status: str = "error", **details: Any) -> dict[str, Any]:
     return {"code": code, "details": details, "message": message, "status": status}
+
+
+def has_scope(granted: frozenset[str], needed: str) -> bool:
+    """``ZohoCRM.modules.calls.READ`` is also granted by ``.ALL`` and ``ZohoCRM.modules.ALL``."""
+    if needed in granted:
+        return True
+    parts = needed.split(".")
+    broader = {".".join([*parts[:-1], "ALL"]), ".".join([*parts[:-2], "ALL"])}
+    return bool(granted & broader)
 
 
 class FakeZohoAccounts(FakeServer):
@@ -61,6 +102,7 @@ class FakeZohoAccounts(FakeServer):
         self.mint_delay = 0.0
         self.expires_in = 3600
         self.limit_per_ten_minutes = 10
+        self.granted: set[str] = set(ALL_SCOPES)
 
     def handle(self, seen: Seen) -> Reply:
         if (seen.method, seen.path) != ("POST", "/oauth/v2/token"):
@@ -80,7 +122,7 @@ class FakeZohoAccounts(FakeServer):
             recent = [t for t in self.minted if now - t < 600]
             if len(recent) >= self.limit_per_ten_minutes:
                 return Reply(
-                    400,
+                    200,
                     {
                         "error_description": "You have made too many requests continuously. "
                         "Please try again after some time.",
@@ -90,13 +132,11 @@ class FakeZohoAccounts(FakeServer):
                 )
             self.minted.append(now)
         token = "1000." + secrets.token_hex(16) + "." + secrets.token_hex(16)
-        self.crm.valid_tokens.add(token)
+        self.crm.valid_tokens[token] = frozenset(self.granted)
         return Reply(
             200,
             {
                 "access_token": token,
-                "scope": "ZohoCRM.modules.calls.CREATE ZohoCRM.modules.calls.READ "
-                "ZohoCRM.modules.contacts.READ ZohoCRM.modules.leads.READ",
                 "api_domain": self.crm.url,
                 "token_type": "Bearer",
                 "expires_in": self.expires_in,
@@ -110,13 +150,14 @@ class FakeZohoCRM(FakeServer):
 
     def __init__(self) -> None:
         super().__init__()
-        self.valid_tokens: set[str] = set()
+        self.valid_tokens: dict[str, frozenset[str]] = {}
         self.version = "v8"
         self.contacts: dict[str, dict[str, Any]] = {}
         self.leads: dict[str, dict[str, Any]] = {}
         self.calls: dict[str, dict[str, Any]] = {}
         self.users = {"4150868000000225013", "4150868000000225014"}
         self.custom_fields = {"Exotel_Call_SID"}
+        self.status_field = "Outgoing_Call_Status"  # some orgs have Outbound_Call_Status
         self.unique_fields: set[str] = set()
         self._ids = itertools.count(4150868000001000001)
 
@@ -148,18 +189,66 @@ class FakeZohoCRM(FakeServer):
         auth = seen.headers.get("authorization", "")
         if not auth.startswith("Zoho-oauthtoken "):
             return Reply(401, zoho_error("AUTHENTICATION_FAILURE", "Authentication failed"))
-        if auth.split(" ", 1)[1] not in self.valid_tokens:
+        granted = self.valid_tokens.get(auth.split(" ", 1)[1])
+        if granted is None:
             return Reply(401, zoho_error("INVALID_TOKEN", "invalid oauth token"))
         prefix = f"/crm/{self.version}/"
         self.expect(seen.path.startswith(prefix), f"API path must start with {prefix}")
         rest = seen.path[len(prefix) :]
-        if seen.method == "GET" and rest in ("Contacts/search", "Leads/search"):
-            return self._search_people(rest.split("/")[0], seen.query)
-        if seen.method == "GET" and rest == "Calls/search":
-            return self._search_calls(seen.query)
-        if seen.method == "POST" and rest == "Calls":
-            return self._insert(seen.json)
-        raise Problem(f"no such Zoho CRM endpoint {seen.method} {seen.path}")
+        routes: dict[tuple[str, str], tuple[tuple[str, ...], Callable[[], Reply]]] = {
+            ("GET", "Contacts/search"): (
+                ("ZohoCRM.modules.contacts.READ", "ZohoSearch.securesearch.READ"),
+                lambda: self._search_people("Contacts", seen.query),
+            ),
+            ("GET", "Leads/search"): (
+                ("ZohoCRM.modules.leads.READ", "ZohoSearch.securesearch.READ"),
+                lambda: self._search_people("Leads", seen.query),
+            ),
+            ("GET", "Calls/search"): (
+                ("ZohoCRM.modules.calls.READ", "ZohoSearch.securesearch.READ"),
+                lambda: self._search_calls(seen.query),
+            ),
+            ("POST", "Calls"): (
+                ("ZohoCRM.modules.calls.CREATE",),
+                lambda: self._insert(seen.json),
+            ),
+            ("GET", "settings/fields"): (
+                ("ZohoCRM.settings.fields.READ",),
+                lambda: self._fields(seen.query),
+            ),
+        }
+        route = routes.get((seen.method, rest))
+        if route is None:
+            raise Problem(f"no such Zoho CRM endpoint {seen.method} {seen.path}")
+        needed, answer = route
+        if not all(has_scope(granted, scope) for scope in needed):
+            return Reply(
+                401, zoho_error("OAUTH_SCOPE_MISMATCH", "invalid oauth scope to access this URL")
+            )
+        return answer()
+
+    def field_names(self) -> set[str]:
+        return {*STANDARD_FIELDS, self.status_field, *self.custom_fields}
+
+    def _fields(self, query: dict[str, str]) -> Reply:
+        self.expect(query.get("module") == "Calls", "the sink reads the Calls fields")
+        rows = []
+        for name in sorted(self.field_names()):
+            kind = STANDARD_FIELDS.get(name) or ("picklist" if name in PICKLISTS else "text")
+            row: dict[str, Any] = {
+                "api_name": name,
+                "field_label": name.replace("_", " "),
+                "data_type": kind,
+                "read_only": False,
+                "custom_field": name in self.custom_fields,
+                "id": str(next(self._ids)),
+            }
+            if name in PICKLISTS:
+                row["pick_list_values"] = [
+                    {"display_value": v, "actual_value": v} for v in PICKLISTS[name]
+                ]
+            rows.append(row)
+        return Reply(200, {"fields": rows})
 
     def _search_people(self, module: str, query: dict[str, str]) -> Reply:
         keys = [k for k in ("criteria", "email", "phone", "word") if k in query]
@@ -218,7 +307,7 @@ class FakeZohoCRM(FakeServer):
                         ]
                     },
                 )
-        unknown = [name for name in row if name not in CALL_FIELDS | self.custom_fields]
+        unknown = [name for name in row if name not in self.field_names() | {"$se_module"}]
         if unknown:
             return self._invalid(unknown[0])
         self.expect(row["Call_Type"] in ("Inbound", "Outbound", "Missed"), "bad Call_Type")
@@ -228,8 +317,8 @@ class FakeZohoCRM(FakeServer):
             return self._invalid("Call_Duration")
         if row["Call_Type"] == "Outbound":
             self.expect(
-                row.get("Outgoing_Call_Status") in ("Completed", "Scheduled"),
-                "Outbound calls need Outgoing_Call_Status",
+                row.get(self.status_field) in ("Completed", "Scheduled"),
+                f"Outbound calls need {self.status_field}",
             )
         if "Owner" in row and row["Owner"].get("id") not in self.users:
             return self._invalid("Owner")
