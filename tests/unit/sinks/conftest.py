@@ -417,6 +417,18 @@ class SinkCase:
     secrets: tuple[str, ...] = ()
     #: True when read_back returns the record itself (equal after a JSON round trip).
     echoes_record: bool = True
+    #: True for a sink that files calls on a party found by the customer's number, and so
+    #: logs nothing for a masked one (the seed's customer is ``0987xxxxxxx``).
+    needs_dialable_customer: bool = False
+
+    def record(self, call_sid: str) -> CallRecord:
+        """The record this case delivers: :func:`sample_record`, with a real customer if needed."""
+        record = sample_record(call_sid)
+        if self.needs_dialable_customer:
+            customer_leg = next(leg for leg in record["from"] if leg["role"] == "customer")
+            customer_leg.update(contact_uri="09812345678", phone_e164="+919812345678")
+            record["customer"] = {"contact_uri": "09812345678", "phone_e164": "+919812345678"}
+        return record
 
 
 CaseFactory = Callable[[CaseEnv], SinkCase]

@@ -61,7 +61,7 @@ def test_sample_record_matches_the_published_schema() -> None:
 
 def test_a_delivered_record_is_held_once_and_unchanged(sink_case: SinkCase) -> None:
     call_sid, other = new_call_sid(), new_call_sid()
-    record = sample_record(call_sid)
+    record = sink_case.record(call_sid)
     before = copy.deepcopy(record)
 
     sink_case.sink.deliver(record)
@@ -85,7 +85,7 @@ def test_the_ledger_delivers_a_call_once(
     sink_case: SinkCase, redis_client: redis.Redis, settings: Settings
 ) -> None:
     sink, call_sid = sink_case.sink, new_call_sid()
-    record = sample_record(call_sid)
+    record = sink_case.record(call_sid)
     keep = settings.retention_seconds
 
     assert ledger.deliver_once(redis_client, sink, record, retention_seconds=keep) is True
@@ -116,7 +116,7 @@ def test_failures_are_classified(
         pytest.skip(f"{sink_case.sink.scheme}:// has no {kind} failure to inject")
     failing: Sink = arrange()
     call_sid = new_call_sid()
-    record = sample_record(call_sid)
+    record = sink_case.record(call_sid)
 
     with pytest.raises(ExolegsError) as caught:
         ledger.deliver_once(

@@ -19,7 +19,7 @@ from worker.errors import (
     TransientError,
 )
 from worker.settings import Rate, Settings
-from worker.sinks.base import SinkContext
+from worker.sinks.base import CheckFailed, SinkContext
 from worker.sinks.leadsquared import LeadSquaredSink
 from worker.sinks.registry import build_sink
 
@@ -108,7 +108,9 @@ def test_a_missed_call_is_not_answered_and_owned_by_the_first_agent(
     make_sink().deliver(make_record(SID, answered=False, recording_url=None))
     log = only_log(lsq)
     assert log["Status"] == "NotAnswered" and log["CallDuration"] == 0
-    assert log["DestinationNumber"] == ADITYA_SIP and log["UserId"] == USER_ADITYA
+    # Aditya's only contact is a SIP URI: no number is sent, his user id names him.
+    assert "DestinationNumber" not in log and log["UserId"] == USER_ADITYA
+    assert ADITYA_SIP not in json.dumps(lsq.seen("POST", "/v2/Telephony.svc/LogCall")[0].json)
     assert "ResourceURL" not in log
 
 
@@ -126,8 +128,9 @@ def test_wrong_keys_are_a_configuration_fault(lsq: FakeLeadSquared, make_sink: M
 def test_an_error_envelope_is_permanent_with_its_message(
     lsq: FakeLeadSquared, make_sink: MakeSink
 ) -> None:
+    # LeadSquared's own example: a missing attribute, answered with HTTP 500.
     lsq.fail_next(
-        400, lsq_error("MXMandatoryAttributeMissingException", "'SourceNumber' is mandatory")
+        500, lsq_error("MXMandatoryAttributeMissingException", "'SourceNumber' is mandatory")
     )
     with pytest.raises(PermanentError, match="'SourceNumber' is mandatory") as caught:
         make_sink().deliver(make_record(SID))
@@ -141,9 +144,47 @@ def test_an_error_in_a_200_is_permanent(lsq: FakeLeadSquared, make_sink: MakeSin
 
 
 def test_an_unknown_user_is_permanent(lsq: FakeLeadSquared, make_sink: MakeSink) -> None:
+    """LeadSquared answers this validation error with HTTP 500: it is still permanent."""
     lsq.users = set()
-    with pytest.raises(PermanentError, match="does not exist"):
+    with pytest.raises(PermanentError, match="does not exist") as caught:
         make_sink().deliver(make_record(SID))
+    assert caught.value.upstream_status == 500
+    assert caught.value.upstream_code == "MXInvalidInputException"
+    assert not caught.value.retryable
+
+
+def test_an_unknown_exception_in_a_500_is_a_server_error(
+    lsq: FakeLeadSquared, make_sink: MakeSink
+) -> None:
+    lsq.fail_next(500, lsq_error("MXDBConnectionException", "Database timed out"))
+    with pytest.raises(TransientError, match="Database timed out"):
+        make_sink().deliver(make_record(SID))
+
+
+@pytest.mark.parametrize("direction", ["inbound", "outbound"])
+@pytest.mark.parametrize("customer", ["0987xxxxxxx", "098XXXXX210", "sip:caller@pbx.example.com"])
+def test_a_masked_or_sip_customer_is_never_sent_as_a_number(
+    lsq: FakeLeadSquared, make_sink: MakeSink, customer: str, direction: str
+) -> None:
+    make_sink().deliver(make_record(SID, customer=customer, direction=direction))
+    assert lsq.seen("POST", "/v2/Telephony.svc/LogCall") == []  # no junk lead, no 500s
+    assert lsq.leads == {} and lsq.logs == []
+
+
+def test_a_customer_with_a_real_number_gets_a_lead(
+    lsq: FakeLeadSquared, make_sink: MakeSink
+) -> None:
+    make_sink().deliver(make_record(SID))
+    assert list(lsq.leads) == ["+91-9812345678"]
+
+
+def test_a_role_without_api_access_is_a_configuration_fault(
+    lsq: FakeLeadSquared, make_sink: MakeSink
+) -> None:
+    lsq.role = "Sales User"
+    with pytest.raises(ConfigFaultError, match="Administrator") as caught:
+        make_sink().deliver(make_record(SID))
+    assert caught.value.upstream_status == 500
 
 
 @pytest.mark.parametrize(("header", "expected"), [("12", 12.0), (None, 5.0)])
@@ -197,10 +238,36 @@ def test_bad_urls_are_settings_errors(settings: Settings) -> None:
         )
 
 
-def test_check_makes_one_authenticated_read(make_sink: MakeSink, lsq: FakeLeadSquared) -> None:
+def test_check_reads_activity_types_and_probes_the_call_log(
+    make_sink: MakeSink, lsq: FakeLeadSquared
+) -> None:
     said = make_sink().check()
-    assert lsq.host in said and "2 lead fields" in said and lsq.secret_key not in said
-    assert lsq.logs == []  # nothing was written
+    assert lsq.host in said and "phone call activity types exist" in said
+    assert lsq.secret_key not in said
+    assert lsq.seen("GET", "/v2/ProspectActivity.svc/ActivityTypes.Get")
+    assert lsq.seen("POST", "/v2/Telephony.svc/LogCall")[0].json == {}
+    assert lsq.logs == [] and lsq.leads == {}  # nothing was written
+
+
+def test_check_reports_a_missing_permission_and_a_missing_activity_type(
+    make_sink: MakeSink, lsq: FakeLeadSquared
+) -> None:
+    sink = make_sink()
+    lsq.activity_types = [t for t in lsq.activity_types if "Outbound" not in t["DisplayName"]]
+    with pytest.raises(CheckFailed) as caught:
+        sink.check()
+    assert caught.value.problems == [
+        f"LeadSquared at {lsq.host} has no 'Outbound Phone Call Activity' activity type: "
+        "install and configure the LeadSquared Generic Telephony Connector (Apps > Apps "
+        "Marketplace > Telephony) so call logs have an activity to become"
+    ]
+    lsq.role = "Sales User"
+    with pytest.raises(CheckFailed) as caught:
+        sink.check()
+    activity_types, call_log = caught.value.problems  # one line per endpoint family
+    assert "activity types" in activity_types and "call log" in call_log
+    for problem in (activity_types, call_log):
+        assert "MXUnAuthorizedAccessException" in problem and "Administrator" in problem
 
 
 def test_check_reports_wrong_keys(

@@ -97,11 +97,12 @@ def leadsquared_case(env: CaseEnv) -> SinkCase:
         faults={
             "transient": _fault(fake, sink, 503, "Service Unavailable"),
             "permanent": _fault(
-                fake, sink, 400, lsq_error("MXInvalidInputException", "Invalid SourceNumber")
+                fake, sink, 500, lsq_error("MXInvalidInputException", "Invalid SourceNumber")
             ),
         },
         secrets=(fake.access_key, fake.secret_key),
         echoes_record=False,
+        needs_dialable_customer=True,  # a masked caller is not logged (it would create a lead)
     )
 
 
