@@ -20,10 +20,13 @@ checks run in this order, cheapest and least revealing first (see
    the token nobody learns whether a password is right; 401 with
    ``WWW-Authenticate``.
 
-The client address is ``REMOTE_ADDR`` unless ``TRUSTED_PROXIES`` = N > 0, in
-which case it is the entry N hops from the right of ``X-Forwarded-For`` (each
-proxy appends the address it saw, so everything further left is whatever the
-client wrote). With 0, ``X-Forwarded-For`` is never read.
+The client address is ``REMOTE_ADDR`` unless ``TRUSTED_PROXIES`` = N > 0 *and*
+the TCP peer is one of ``TRUSTED_PROXY_IPS`` (on Heroku, where only the
+router can reach a dyno, any peer), in which case it is the entry N hops from
+the right of ``X-Forwarded-For`` (each proxy appends the address it saw, so
+everything further left is whatever the client wrote). A request straight
+from anyone else has its ``X-Forwarded-For`` ignored: otherwise a forged
+header would pass the allow-list and dodge the rate limit.
 
 Everything that can be computed once is computed in ``__init__``; a request
 with no allow-list and no rate limit costs one HMAC and one comparison per
@@ -105,23 +108,26 @@ def parse_address(text: str) -> IPAddress | None:
     return address
 
 
-def client_address(environ: Mapping[str, Any], trusted_proxies: int) -> IPAddress | None:
-    """The address of whoever sent the request, ``trusted_proxies`` hops back.
+def client_address(environ: Mapping[str, Any], settings: Settings) -> IPAddress | None:
+    """The address of whoever sent the request, ``TRUSTED_PROXIES`` hops back.
 
-    With 0 it is the peer of the TCP connection and ``X-Forwarded-For`` is
-    ignored. With N it is the Nth entry from the right of ``X-Forwarded-For``
-    (several headers count as one list, in order); when the header has fewer
-    than N entries the request did not come through the proxies and the peer
-    address is used. An entry that is not an address gives None (unknown).
+    It is the peer of the TCP connection unless that peer is a trusted proxy
+    (:meth:`Settings.trusts_proxy`); then it is the Nth entry from the right of
+    ``X-Forwarded-For`` (several headers count as one list, in order). When the
+    header has fewer than N entries the request did not come through all the
+    proxies and the peer address is used. An entry that is not an address
+    gives None (unknown).
     """
-    if trusted_proxies > 0:
+    remote = environ.get("REMOTE_ADDR")
+    peer = parse_address(remote) if isinstance(remote, str) else None
+    hops = settings.trusted_proxies
+    if hops > 0 and settings.trusts_proxy(peer):
         forwarded = environ.get("HTTP_X_FORWARDED_FOR")
         if isinstance(forwarded, str) and forwarded:
             entries = forwarded.split(",")
-            if len(entries) >= trusted_proxies:
-                return parse_address(entries[-trusted_proxies])
-    remote = environ.get("REMOTE_ADDR")
-    return parse_address(remote) if isinstance(remote, str) else None
+            if len(entries) >= hops:
+                return parse_address(entries[-hops])
+    return peer
 
 
 def limit_key(address: IPAddress | None) -> str:
@@ -154,7 +160,7 @@ class Guard:
             user, password = settings.callback_basic_auth
             self._basic = self._digest(f"{user}:{password}".encode())
         self.networks = settings.callback_allowed_ips
-        self.trusted_proxies = settings.trusted_proxies
+        self.settings = settings
         self.rate = settings.callback_rate_limit
         # "100/minute" means up to 100 at once, then refilled at 100 a minute.
         self.burst = max(1, int(self.rate.count)) if self.rate else 1
@@ -242,13 +248,13 @@ class Guard:
         """The name of the account whose token is in the URL, or the :class:`Refusal`."""
         exempt = False
         if self.networks:
-            address = client_address(environ, self.trusted_proxies)
+            address = client_address(environ, self.settings)
             if not self.allowed(address):
                 log.debug("callback refused: client %s not in CALLBACK_ALLOWED_IPS", address)
                 return NOT_ALLOWED
             exempt = True
         if self.limiter is not None and not exempt:
-            wait = self.throttle(client_address(environ, self.trusted_proxies))
+            wait = self.throttle(client_address(environ, self.settings))
             if wait > 0:
                 retry_after = str(max(1, math.ceil(wait)))
                 return Refusal(429, "too many requests", (("Retry-After", retry_after),))

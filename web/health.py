@@ -1,4 +1,11 @@
-"""Liveness and readiness."""
+"""Liveness and readiness, safe to leave open to the internet.
+
+``/readyz`` costs a fixed number of Redis commands whatever the size of the
+keyspace (a PING, the open-circuit set and one MGET), so it cannot be used to
+load Redis. Anyone may ask it; without ``READYZ_DETAILS`` it says only the
+status and counts, never which upstream failed or why (those names carry
+hosts, paths and error text).
+"""
 
 from __future__ import annotations
 
@@ -18,28 +25,36 @@ def healthz() -> ResponseReturnValue:
 
 @bp.get("/readyz")
 def readyz() -> ResponseReturnValue:
-    """Redis reachable (503 if not); open circuits and spooled callbacks reported.
+    """Redis reachable (503 if not); counts of open circuits and spooled callbacks.
 
     With ``?strict=1`` a degraded state (an open circuit, a non-empty spool)
-    also answers 503, for monitors that only look at the status code.
+    also answers 503, for monitors that only look at the status code. With
+    ``READYZ_DETAILS=true`` the body also lists each problem in words.
     """
     from worker.jobs.circuit import open_circuits
 
     edge = current_app.extensions["exolegs"]
-    body: dict[str, Any] = {"redis": "ok", "problems": []}
+    details = edge.settings.readyz_details
+    body: dict[str, Any] = {"status": "ok", "redis": "ok"}
+    problems: list[str] = []
+    spooled = edge.spool.count()
     try:
         edge.runtime.redis.ping()
         circuits = open_circuits(edge.runtime.redis)
     except Exception as err:  # noqa: BLE001 - any Redis failure means not ready
-        body.update(redis=f"unreachable: {type(err).__name__}", status="unavailable")
-        body["spooled"] = edge.spool.count()
+        body.update(status="unavailable", redis="unreachable", spooled=spooled)
+        if details:
+            body["problems"] = [f"Redis unreachable: {type(err).__name__}"]
         return jsonify(body), 503
-    for name, state in circuits.items():
-        body["problems"].append(f"{name}: {state.get('reason', 'circuit open')}")
-    spooled = edge.spool.count()
+    body["open_circuits"] = len(circuits)
     body["spooled"] = spooled
+    for name, state in circuits.items():
+        problems.append(f"{name}: {state.get('reason', 'circuit open')}")
     if spooled:
-        body["problems"].append(f"{spooled} callback(s) spooled on disk, waiting for Redis")
-    body["status"] = "degraded" if body["problems"] else "ok"
+        problems.append(f"{spooled} callback(s) spooled on disk, waiting for Redis")
+    if problems:
+        body["status"] = "degraded"
+    if details:
+        body["problems"] = problems
     strict = request.args.get("strict") in ("1", "true", "yes")
-    return jsonify(body), (503 if strict and body["problems"] else 200)
+    return jsonify(body), (503 if strict and problems else 200)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import ssl
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery, signals
@@ -94,8 +93,11 @@ def configure(settings: Settings) -> Celery:
         task_time_limit=int(settings.job_lease_seconds * 0.75),
         exolegs_settings=settings,
     )
-    if settings.redis_url.startswith("rediss://") and "ssl_cert_reqs" not in settings.redis_url:
-        conf["broker_use_ssl"] = {"ssl_cert_reqs": ssl.CERT_NONE}
+    from worker.runtime import redis_tls_options
+
+    tls = redis_tls_options(settings)
+    if tls:
+        conf["broker_use_ssl"] = tls
     app.conf.update(conf)
     return app
 

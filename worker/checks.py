@@ -59,6 +59,14 @@ def _dsn(dsn: str | None) -> str:
     return f"{MASK} (host {host})" if host else MASK
 
 
+def _proxies(s: Settings) -> str:
+    if not s.trusted_proxies:
+        return "0 (X-Forwarded-For ignored)"
+    if s.trust_any_proxy:
+        return f"{s.trusted_proxies}, from any peer (Heroku: only the router reaches a dyno)"
+    return f"{s.trusted_proxies}, from {', '.join(map(str, s.trusted_proxy_ips))}"
+
+
 def describe(settings: Settings) -> list[tuple[str, str]]:
     s = settings
     rows = [
@@ -74,9 +82,10 @@ def describe(settings: Settings) -> list[tuple[str, str]]:
             f"{s.callback_basic_auth[0]}:{MASK}" if s.callback_basic_auth else "(off)",
         ),
         ("CALLBACK_ALLOWED_IPS", ", ".join(map(str, s.callback_allowed_ips)) or "(any)"),
-        ("TRUSTED_PROXIES", str(s.trusted_proxies)),
+        ("TRUSTED_PROXIES", _proxies(s)),
         ("CALLBACK_RATE_LIMIT", str(s.callback_rate_limit) if s.callback_rate_limit else "(off)"),
         ("REDIS_URL", mask_url(s.redis_url)),
+        ("Redis TLS", s.redis_tls),
         ("SINKS", " ".join(mask_url(u) for u in s.sinks)),
         ("FETCH_DELAY_SECONDS", f"{s.fetch_delay_seconds:g}"),
         ("RETRY_BASE/MAX_SECONDS", f"{s.retry_base_seconds:g} / {s.retry_max_seconds:g}"),
@@ -501,7 +510,7 @@ def redis_findings(settings: Settings, *, warnings: bool) -> list[Finding]:
     try:
         from worker.runtime import connect
 
-        safety = inspect_redis(connect(settings.redis_url))
+        safety = inspect_redis(connect(settings))
     except RedisError as err:
         if warnings:
             return []

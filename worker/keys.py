@@ -57,6 +57,9 @@ def circuit(name: str) -> str:
     return f"{PREFIX}:circuit:{name}"
 
 
+CIRCUITS = f"{PREFIX}:circuits"  # set: names of the open circuits (written by worker/jobs/circuit.py)
+
+
 def token_cache(name: str) -> str:
     """Shared OAuth access tokens (Zoho, Salesforce), so workers do not each mint one."""
     return f"{PREFIX}:oauth:{name}"

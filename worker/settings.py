@@ -104,6 +104,19 @@ class Account:
         )
 
 
+#: Where Exotel serves recordings: its own domains, and its S3 bucket
+#: (https://developer.exotel.com/docs/voice-v3/api-reference/voice-log-download).
+DEFAULT_RECORDING_HOSTS = (
+    "exotel.com",
+    "exotel.in",
+    "s3-ap-southeast-1.amazonaws.com/exotelrecordings/",
+    "s3.ap-southeast-1.amazonaws.com/exotelrecordings/",
+    "s3.ap-south-1.amazonaws.com/exotelrecordings/",
+)
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
 @dataclass(frozen=True)
 class Settings:
     exotel_account_sid: str | None = None
@@ -117,8 +130,14 @@ class Settings:
     callback_basic_auth: tuple[str, str] | None = field(default=None, repr=False)
     callback_allowed_ips: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     trusted_proxies: int = 0
+    trusted_proxy_ips: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    #: Every peer counts as a trusted proxy: set on Heroku, where only the router reaches a dyno.
+    trust_any_proxy: bool = False
+    heroku: bool = False
     callback_rate_limit: Rate | None = None
     redis_url: str = field(default="redis://localhost:6379/0", repr=False)
+    redis_tls_verify: bool = True
+    redis_tls_ca_file: Path | None = None
     sinks: tuple[str, ...] = field(default=("jsonl://./var/calls.jsonl",), repr=False)
     fetch_delay_seconds: float = 30.0
     retry_base_seconds: float = 5.0
@@ -142,6 +161,10 @@ class Settings:
     ops_users_file: Path | None = None
     ops_session_minutes: float = 60.0
     metrics_token: str | None = field(default=None, repr=False)
+
+    callback_max_events: int = 100
+    readyz_details: bool = False
+    recording_hosts: tuple[str, ...] = DEFAULT_RECORDING_HOSTS
 
     # ------------------------------------------------------------------ build
     @classmethod
@@ -239,6 +262,22 @@ class Settings:
             seen.update(dict.fromkeys(account.sinks))
         return tuple(seen)
 
+    def redis_tls(self) -> str:
+        """How the Redis TLS certificate is checked, in words (``exolegs check``)."""
+        if not self.redis_url.startswith("rediss://"):
+            return "no TLS (redis:// or unix://)"
+        if not self.redis_tls_verify:
+            why = "REDIS_TLS_VERIFY=false" if not self.heroku else "Heroku Redis (self-signed)"
+            return f"TLS, certificate NOT verified ({why})"
+        ca = f"CA file {self.redis_tls_ca_file}" if self.redis_tls_ca_file else "system CAs"
+        return f"TLS, certificate verified against {ca}"
+
+    def trusts_proxy(self, peer: ipaddress.IPv4Address | ipaddress.IPv6Address | None) -> bool:
+        """True when ``peer`` (the TCP peer) is one of the proxies whose X-Forwarded-For we read."""
+        if self.trusted_proxies == 0 or peer is None:
+            return False
+        return self.trust_any_proxy or any(peer in net for net in self.trusted_proxy_ips)
+
     @property
     def ops_enabled(self) -> bool:
         """The console is served only when it has a credential of its own."""
@@ -314,6 +353,31 @@ def _integer(env: Mapping[str, str], name: str, default: int, *, minimum: int = 
     return value
 
 
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = _get(env, name)
+    if raw is None:
+        return default
+    if raw.lower() in _TRUE:
+        return True
+    if raw.lower() in _FALSE:
+        return False
+    raise SettingsError(name, f"expected true or false, got {raw!r}")
+
+
+def _networks(
+    env: Mapping[str, str], name: str
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    nets = []
+    for item in re.split(r"[,\s]+", _get(env, name) or ""):
+        if not item:
+            continue
+        try:
+            nets.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise SettingsError(name, f"{item!r} is not an IP address or CIDR network") from None
+    return tuple(nets)
+
+
 def _parse(env: Mapping[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     out["exotel_account_sid"] = _get(env, "EXOTEL_ACCOUNT_SID")
@@ -360,18 +424,19 @@ def _parse(env: Mapping[str, str]) -> dict[str, Any]:
         if not sep or not user or not password:
             raise SettingsError("CALLBACK_BASIC_AUTH", "expected user:password")
         out["callback_basic_auth"] = (user, password)
-    nets = []
-    for item in re.split(r"[,\s]+", _get(env, "CALLBACK_ALLOWED_IPS") or ""):
-        if not item:
-            continue
-        try:
-            nets.append(ipaddress.ip_network(item, strict=False))
-        except ValueError:
-            raise SettingsError(
-                "CALLBACK_ALLOWED_IPS", f"{item!r} is not an IP address or CIDR network"
-            ) from None
-    out["callback_allowed_ips"] = tuple(nets)
+    out["callback_allowed_ips"] = _networks(env, "CALLBACK_ALLOWED_IPS")
+    # Heroku's own variable: every dyno has it, and only the router can reach a dyno.
+    out["heroku"] = bool(_get(env, "DYNO"))
     out["trusted_proxies"] = _integer(env, "TRUSTED_PROXIES", 0)
+    out["trusted_proxy_ips"] = _networks(env, "TRUSTED_PROXY_IPS")
+    if out["trusted_proxies"] and not out["trusted_proxy_ips"]:
+        if not out["heroku"]:
+            raise SettingsError(
+                "TRUSTED_PROXY_IPS",
+                "must list your proxies' addresses or networks when TRUSTED_PROXIES > 0 "
+                "(X-Forwarded-For is only read from them)",
+            )
+        out["trust_any_proxy"] = True
     crl = _get(env, "CALLBACK_RATE_LIMIT")
     out["callback_rate_limit"] = parse_rate("CALLBACK_RATE_LIMIT", crl) if crl else None
 
@@ -380,6 +445,12 @@ def _parse(env: Mapping[str, str]) -> dict[str, Any]:
         name = "REDIS_TLS_URL" if _get(env, "REDIS_TLS_URL") else "REDIS_URL"
         raise SettingsError(name, "must start with redis://, rediss:// or unix://")
     out["redis_url"] = redis_url
+    out["redis_tls_verify"] = _flag(env, "REDIS_TLS_VERIFY", not out["heroku"])
+    ca = _get(env, "REDIS_TLS_CA_FILE")
+    if ca is not None:
+        if not Path(ca).is_file():
+            raise SettingsError("REDIS_TLS_CA_FILE", f"{ca!r} is not a readable file")
+        out["redis_tls_ca_file"] = Path(ca)
     sinks = tuple(s for s in re.split(r"[,\s]+", _get(env, "SINKS") or "") if s)
     out["sinks"] = sinks or ("jsonl://./var/calls.jsonl",)
     for url in out["sinks"]:
@@ -420,6 +491,17 @@ def _parse(env: Mapping[str, str]) -> dict[str, Any]:
     if out["port"] > 65535:
         raise SettingsError("PORT", "must be a TCP port (1-65535)")
     out["web_concurrency"] = _integer(env, "WEB_CONCURRENCY", 2, minimum=1)
+    out["callback_max_events"] = _integer(env, "CALLBACK_MAX_EVENTS", 100, minimum=1)
+    out["readyz_details"] = _flag(env, "READYZ_DETAILS", False)
+    extra_hosts = tuple(
+        h.lower().removeprefix("https://")
+        for h in re.split(r"[,\s]+", _get(env, "RECORDING_HOSTS") or "")
+        if h
+    )
+    for host in extra_hosts:
+        if not re.fullmatch(r"[a-z0-9.-]+\.[a-z0-9-]+(/\S*)?", host):
+            raise SettingsError("RECORDING_HOSTS", f"{host!r} is not a host name (host[/path])")
+    out["recording_hosts"] = DEFAULT_RECORDING_HOSTS + extra_hosts
     wc = _get(env, "WORKER_CONCURRENCY")
     out["worker_concurrency"] = _integer(env, "WORKER_CONCURRENCY", 1, minimum=1) if wc else None
     out["accounts"] = _accounts(env, out)

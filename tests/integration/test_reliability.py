@@ -242,6 +242,7 @@ def test_401_storm_parks_calls_probes_and_recovers(
     pipeline_env: dict[str, str], simulator: Simulator, tmp_path: Path, jsonl_path: Path
 ) -> None:
     pipeline_env["CIRCUIT_PROBE_SECONDS"] = "4"
+    pipeline_env["READYZ_DETAILS"] = "true"
     settings = Settings.from_env(pipeline_env, dotenv=False)
     from web.app import create_app
 

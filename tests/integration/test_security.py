@@ -186,7 +186,8 @@ def test_the_allow_list_behind_a_proxy_and_without_one(
 ) -> None:
     listed = {**env, "CALLBACK_ALLOWED_IPS": "203.0.113.0/24"}
     direct = Web(listed, tmp_path / "direct.log")
-    behind = Web({**listed, "TRUSTED_PROXIES": "1"}, tmp_path / "behind.log")
+    behind = Web({**listed, "TRUSTED_PROXIES": "1", "TRUSTED_PROXY_IPS": "127.0.0.1"},
+                 tmp_path / "behind.log")
     try:
         forged = requests.post(direct.base + URL, data=terminal("forged"), timeout=5,
                                headers={"X-Forwarded-For": "203.0.113.7"})

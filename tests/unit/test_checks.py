@@ -177,7 +177,8 @@ def test_security_findings() -> None:
     heroku, _ = findings({"CALLBACK_ALLOWED_IPS": "203.0.113.0/24"}, {"DYNO": "web.1"})
     assert any("TRUSTED_PROXIES: 0 on Heroku" in p for p in heroku)
     behind_router, notes = findings(
-        {"CALLBACK_ALLOWED_IPS": "203.0.113.0/24", "TRUSTED_PROXIES": "1"}, {"DYNO": "web.1"}
+        {"CALLBACK_ALLOWED_IPS": "203.0.113.0/24", "TRUSTED_PROXIES": "1", "DYNO": "web.1"},
+        {"DYNO": "web.1"},
     )
     assert behind_router == []
     problems, notes = findings(

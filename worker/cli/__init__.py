@@ -139,7 +139,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         from worker.runtime import connect
 
         settings = _settings()
-        cleared = acknowledge_wipe(connect(settings.redis_url))
+        cleared = acknowledge_wipe(connect(settings))
         print("wipe notice cleared" if cleared else "no wipe notice to clear")
     return run_check()
 
@@ -245,7 +245,7 @@ def cmd_sinks_check(args: argparse.Namespace) -> int:
 
     settings = _settings()
     ok_all = True
-    for name, ok, message in check_sinks(settings, connect(settings.redis_url)):
+    for name, ok, message in check_sinks(settings, connect(settings)):
         ok_all &= ok
         print(f"{'ok  ' if ok else 'FAIL'} {name:14} {message}")
     return 0 if ok_all else 1

@@ -25,9 +25,11 @@ log = logging.getLogger("exolegs.circuit")
 
 PROBE_INTERVAL = 60
 
-# KEYS: circuit, parked set, probe, shouted, failures, jobs. Returns how many
-# parked jobs were released, or -1 when the circuit was not open.
+# KEYS: circuit, parked set, probe, shouted, failures, jobs, open-circuits set.
+# ARGV: name. Returns how many parked jobs were released, or -1 when the
+# circuit was not open.
 _CLOSE = """
+redis.call('SREM', KEYS[7], ARGV[1])
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local parked = redis.call('SMEMBERS', KEYS[2])
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
@@ -68,7 +70,10 @@ class Circuit:
         """Open (or keep open) the circuit; True at most once a minute, when to shout."""
         state = self.state() or {"opened_at": time.time()}
         state.update(reason=reason, last_failure_at=time.time())
-        self.redis.set(self.key, json.dumps(state))
+        pipe = self.redis.pipeline()
+        pipe.set(self.key, json.dumps(state))
+        pipe.sadd(keys.CIRCUITS, self.name)
+        pipe.execute()
         self.redis.set(f"{self.key}:probe", "1", nx=True, ex=self.probe_interval)
         return bool(self.redis.set(f"{self.key}:shouted", "1", nx=True, ex=60))
 
@@ -86,7 +91,9 @@ class Circuit:
                 f"{self.key}:shouted",
                 f"{self.key}:failures",
                 keys.JOBS,
+                keys.CIRCUITS,
             ],
+            args=[self.name],
         )
         released = int(raw)
         if released >= 0:
@@ -117,13 +124,14 @@ class Circuit:
 
 
 def open_circuits(redis: Redis) -> dict[str, dict[str, Any]]:
-    """Every open circuit and why, for /readyz and `exolegs check`."""
-    out: dict[str, dict[str, Any]] = {}
-    for key in redis.scan_iter(match=keys.circuit("*")):
-        name = key.decode() if isinstance(key, bytes) else key
-        if name.endswith((":probe", ":parked", ":shouted", ":failures")):
-            continue
-        raw = redis.get(name)
-        if raw:
-            out[name.removeprefix(keys.circuit(""))] = json.loads(raw)
-    return out
+    """Every open circuit and why, for /readyz and `exolegs check`.
+
+    Two round trips whatever the size of the keyspace: the names come from
+    the one set :meth:`Circuit.open` adds to, then their states in one MGET.
+    """
+    raw_names: Any = redis.smembers(keys.CIRCUITS)
+    names = sorted(n.decode() if isinstance(n, bytes) else str(n) for n in raw_names)
+    if not names:
+        return {}
+    states: Any = redis.mget([keys.circuit(name) for name in names])
+    return {name: json.loads(raw) for name, raw in zip(names, states, strict=True) if raw}

@@ -68,32 +68,76 @@ def test_parse_address(text: str, expected: str | None) -> None:
     assert (str(found) if found else None) == expected
 
 
+def hops(n: int, proxies: str = "10.0.0.0/8", **env: str) -> Settings:
+    extra = {"TRUSTED_PROXIES": str(n), "TRUSTED_PROXY_IPS": proxies} if n else {}
+    return settings_for(**extra, **env)
+
+
 def test_without_trusted_proxies_x_forwarded_for_is_ignored() -> None:
     forged = environ("198.51.100.9", xff="203.0.113.7")
-    assert str(client_address(forged, 0)) == "198.51.100.9"
+    assert str(client_address(forged, hops(0))) == "198.51.100.9"
 
 
 def test_one_proxy_takes_the_rightmost_entry() -> None:
     # Heroku's router appends the address it saw; anything left of it is the client's say-so.
     env = environ("10.0.0.1", xff="203.0.113.7, 198.51.100.9")
-    assert str(client_address(env, 1)) == "198.51.100.9"
+    assert str(client_address(env, hops(1))) == "198.51.100.9"
 
 
 def test_two_proxies_take_the_second_from_the_right() -> None:
     env = environ("10.0.0.1", xff="1.1.1.1, 203.0.113.7, 10.0.0.2")
-    assert str(client_address(env, 2)) == "203.0.113.7"
+    assert str(client_address(env, hops(2))) == "203.0.113.7"
 
 
 def test_fewer_entries_than_proxies_falls_back_to_the_peer() -> None:
-    env = environ("198.51.100.9", xff="203.0.113.7")
-    assert str(client_address(env, 2)) == "198.51.100.9"
-    assert str(client_address(environ("198.51.100.9"), 1)) == "198.51.100.9"
+    env = environ("10.0.0.9", xff="203.0.113.7")
+    assert str(client_address(env, hops(2))) == "10.0.0.9"
+    assert str(client_address(environ("10.0.0.9"), hops(1))) == "10.0.0.9"
 
 
 def test_garbage_in_the_trusted_position_is_unknown() -> None:
-    assert client_address(environ("10.0.0.1", xff="203.0.113.7, nonsense"), 1) is None
-    assert client_address({"REMOTE_ADDR": ""}, 0) is None
-    assert client_address({}, 0) is None
+    assert client_address(environ("10.0.0.1", xff="203.0.113.7, nonsense"), hops(1)) is None
+    assert client_address({"REMOTE_ADDR": ""}, hops(0)) is None
+    assert client_address({}, hops(0)) is None
+
+
+def test_x_forwarded_for_from_a_peer_that_is_not_a_trusted_proxy_is_ignored() -> None:
+    """A client connecting directly cannot pick its address by writing the header."""
+    settings = hops(1, "10.0.0.0/8, 2001:db8:ffff::/48")
+    direct = environ("198.51.100.9", xff="203.0.113.7")
+    assert str(client_address(direct, settings)) == "198.51.100.9"
+    assert str(client_address(environ("2001:db8:ffff::2", xff="203.0.113.7"), settings)) == (
+        "203.0.113.7"
+    )
+    assert str(client_address(environ("2001:db8:fffe::2", xff="203.0.113.7"), settings)) == (
+        "2001:db8:fffe::2"
+    )
+    single = hops(1, "192.0.2.10")
+    assert str(client_address(environ("192.0.2.10", xff="203.0.113.7"), single)) == "203.0.113.7"
+    assert str(client_address(environ("192.0.2.11", xff="203.0.113.7"), single)) == "192.0.2.11"
+
+
+def test_proxy_hops_need_the_proxies_addresses_except_on_heroku() -> None:
+    from worker.errors import SettingsError
+
+    with pytest.raises(SettingsError, match="TRUSTED_PROXY_IPS"):
+        settings_for(TRUSTED_PROXIES="1")
+    with pytest.raises(SettingsError, match="TRUSTED_PROXY_IPS"):
+        settings_for(TRUSTED_PROXIES="1", TRUSTED_PROXY_IPS="10.0.0.0/33")
+    # Heroku: only the router can open a connection to a dyno, so any peer is the router.
+    heroku = settings_for(TRUSTED_PROXIES="1", DYNO="web.1")
+    assert str(client_address(environ("10.9.8.7", xff="203.0.113.7"), heroku)) == "203.0.113.7"
+
+
+def test_forged_addresses_cannot_dodge_the_rate_limit(redis_client: redis.Redis) -> None:
+    """Changing a forged X-Forwarded-For each time neither resets the limit nor adds keys."""
+    guard = limited_guard(redis_client, "3/minute", TRUSTED_PROXIES="1",
+                          TRUSTED_PROXY_IPS="10.0.0.0/8")
+    before = set(redis_client.keys("exolegs:bucket:*"))
+    answers = [guard.check(environ("198.51.100.9", xff=f"203.0.113.{n}"), CALLBACK_TOKEN)
+               for n in range(10)]
+    assert [a is None for a in answers] == [True] * 3 + [False] * 7
+    assert len(set(redis_client.keys("exolegs:bucket:*")) - before) == 1
 
 
 def test_ipv6_clients_share_a_bucket_per_64() -> None:
@@ -187,7 +231,8 @@ def test_forged_x_forwarded_for_cannot_pass_the_allow_list() -> None:
     direct = Guard(settings_for(CALLBACK_ALLOWED_IPS="203.0.113.0/24"))
     forged = environ("198.51.100.1", xff="203.0.113.9")
     assert direct.check(forged, CALLBACK_TOKEN) is NOT_ALLOWED
-    behind_router = Guard(settings_for(CALLBACK_ALLOWED_IPS="203.0.113.0/24", TRUSTED_PROXIES="1"))
+    behind_router = Guard(settings_for(CALLBACK_ALLOWED_IPS="203.0.113.0/24", TRUSTED_PROXIES="1",
+                                       TRUSTED_PROXY_IPS="10.0.0.0/8"))
     # the client forged the first entry; the router appended the real address
     spoof = environ("10.1.2.3", xff="203.0.113.9, 198.51.100.1")
     assert behind_router.check(spoof, CALLBACK_TOKEN) is NOT_ALLOWED
@@ -345,7 +390,8 @@ def test_app_answers_401_with_a_challenge(make_app: Callable[..., Flask]) -> Non
 
 
 def test_app_allow_list_sees_the_client_behind_one_proxy(make_app: Callable[..., Flask]) -> None:
-    client = make_app(CALLBACK_ALLOWED_IPS="203.0.113.0/24", TRUSTED_PROXIES="1").test_client()
+    client = make_app(CALLBACK_ALLOWED_IPS="203.0.113.0/24", TRUSTED_PROXIES="1",
+                      TRUSTED_PROXY_IPS="10.0.0.0/8").test_client()
     through_router = {"REMOTE_ADDR": "10.0.0.1"}
     ok = client.post(URL, data=TERMINAL, environ_overrides=through_router,
                      headers={"X-Forwarded-For": "203.0.113.50"})

@@ -299,18 +299,23 @@ def test_mangled_real_callbacks_are_accepted_or_a_clean_4xx(
     xff=st.one_of(st.none(), st.text(max_size=80),
                   st.lists(st.ip_addresses().map(str), max_size=5).map(", ".join)),
     hops=st.integers(0, 6),
+    proxies=st.sampled_from(["10.0.0.0/8", "0.0.0.0/0, ::/0", "192.0.2.1"]),
 )
-def test_client_address_never_raises_and_ignores_the_header_without_proxies(
-    remote: str, xff: str | None, hops: int
+def test_client_address_never_raises_and_reads_the_header_only_from_trusted_proxies(
+    remote: str, xff: str | None, hops: int, proxies: str
 ) -> None:
+    trusted = {"TRUSTED_PROXIES": str(hops), "TRUSTED_PROXY_IPS": proxies} if hops else {}
+    config = Settings.from_env({"CALLBACK_TOKEN": CALLBACK_TOKEN, **trusted}, dotenv=False)
+    direct = Settings.from_env({"CALLBACK_TOKEN": CALLBACK_TOKEN}, dotenv=False)
     environ: dict[str, Any] = {"REMOTE_ADDR": remote}
     if xff is not None:
         environ["HTTP_X_FORWARDED_FOR"] = xff
-    found = client_address(environ, hops)
-    if hops == 0:
-        assert found == client_address({"REMOTE_ADDR": remote}, 0)
+    found = client_address(environ, config)
+    peer = client_address({"REMOTE_ADDR": remote}, direct)
+    if hops == 0 or not config.trusts_proxy(peer):
+        assert found == peer
     elif xff is not None and xff and len(xff.split(",")) >= hops:
-        assert found == client_address({"REMOTE_ADDR": xff.split(",")[-hops]}, 0)
+        assert found == client_address({"REMOTE_ADDR": xff.split(",")[-hops]}, direct)
 
 
 def test_the_token_in_the_property_app_is_the_configured_one(web: FlaskClient) -> None:
