@@ -57,7 +57,8 @@ def circuit(name: str) -> str:
     return f"{PREFIX}:circuit:{name}"
 
 
-CIRCUITS = f"{PREFIX}:circuits"  # set: names of the open circuits (written by worker/jobs/circuit.py)
+#: Set of the names of the open circuits; worker/jobs/circuit.py alone writes it.
+CIRCUITS = f"{PREFIX}:circuits"
 
 
 def token_cache(name: str) -> str:

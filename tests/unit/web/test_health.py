@@ -49,7 +49,8 @@ def test_details_behind_the_setting(
     open_one(redis_client)
     body = make_app(READYZ_DETAILS="true").test_client().get("/readyz").get_json()
     assert body["open_circuits"] == 1
-    assert body["problems"] == [f"sink:crm-bridge: {SECRET_URL} answered 401 for call CA-secret-sid"]
+    reason = f"{SECRET_URL} answered 401 for call CA-secret-sid"
+    assert body["problems"] == [f"sink:crm-bridge: {reason}"]
 
 
 def test_unreachable_redis_is_503_without_the_error_text(make_app: Callable[..., Flask]) -> None:
