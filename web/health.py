@@ -1,20 +1,59 @@
 """Liveness and readiness, safe to leave open to the internet.
 
 ``/readyz`` costs a fixed number of Redis commands whatever the size of the
-keyspace (a PING, the open-circuit set and one MGET), so it cannot be used to
-load Redis. Anyone may ask it; without ``READYZ_DETAILS`` it says only the
+keyspace (a PING, the open-circuit set and one MGET, and every few seconds
+the Redis-safety look of :func:`worker.checks.inspect_redis`), so it cannot be
+used to load Redis. Anyone may ask it; without ``READYZ_DETAILS`` it says only the
 status and counts, never which upstream failed or why (those names carry
 hosts, paths and error text).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import threading
+import time
+from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
+if TYPE_CHECKING:
+    from redis import Redis
+
+    from worker.checks import RedisSafety
+
 bp = Blueprint("health", __name__)
+
+#: How long one look at Redis's safety (INFO, the epoch) answers /readyz.
+SAFETY_CACHE_SECONDS = 5.0
+
+
+class SafetyCache:
+    """:class:`worker.checks.RedisWatch` looked at most once per few seconds per process."""
+
+    def __init__(self, redis: Redis) -> None:
+        from worker.checks import RedisWatch
+
+        self.watch = RedisWatch(redis)
+        self._lock = threading.Lock()
+        self._at = -SAFETY_CACHE_SECONDS
+        self._last: RedisSafety | None = None
+
+    def get(self) -> RedisSafety:
+        with self._lock:
+            now = time.monotonic()
+            if self._last is None or now - self._at >= SAFETY_CACHE_SECONDS:
+                self._last = self.watch.check()
+                self._at = now
+            return self._last
+
+
+def _safety(redis: Redis) -> RedisSafety:
+    cache = current_app.extensions.get("exolegs-redis-safety")
+    if cache is None:
+        cache = current_app.extensions.setdefault("exolegs-redis-safety", SafetyCache(redis))
+    found: RedisSafety = cache.get()
+    return found
 
 
 @bp.get("/healthz")
@@ -25,7 +64,7 @@ def healthz() -> ResponseReturnValue:
 
 @bp.get("/readyz")
 def readyz() -> ResponseReturnValue:
-    """Redis reachable (503 if not); counts of open circuits and spooled callbacks.
+    """Redis reachable (503 if not) and safe; counts of open circuits and spooled callbacks.
 
     With ``?strict=1`` a degraded state (an open circuit, a non-empty spool)
     also answers 503, for monitors that only look at the status code. With
@@ -41,6 +80,7 @@ def readyz() -> ResponseReturnValue:
     try:
         edge.runtime.redis.ping()
         circuits = open_circuits(edge.runtime.redis)
+        safety = _safety(edge.runtime.redis)
     except Exception as err:  # noqa: BLE001 - any Redis failure means not ready
         body.update(status="unavailable", redis="unreachable", spooled=spooled)
         if details:
@@ -48,6 +88,8 @@ def readyz() -> ResponseReturnValue:
         return jsonify(body), 503
     body["open_circuits"] = len(circuits)
     body["spooled"] = spooled
+    body["redis_safety"] = {**safety.summary(), "problems": len(safety.problems)}
+    problems.extend(f"Redis is not safe for exolegs: {p}" for p in safety.problems)
     for name, state in circuits.items():
         problems.append(f"{name}: {state.get('reason', 'circuit open')}")
     if spooled:

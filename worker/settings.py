@@ -262,6 +262,7 @@ class Settings:
             seen.update(dict.fromkeys(account.sinks))
         return tuple(seen)
 
+    @property
     def redis_tls(self) -> str:
         """How the Redis TLS certificate is checked, in words (``exolegs check``)."""
         if not self.redis_url.startswith("rediss://"):

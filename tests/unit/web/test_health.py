@@ -10,6 +10,7 @@ from flask import Flask
 from worker.jobs.circuit import Circuit, open_circuits
 from worker.runtime import Runtime
 
+SAFE = {"maxmemory_policy": "noeviction", "persistence": "aof", "wiped": False, "problems": 0}
 SECRET_URL = "https://hooks.example.com/private/path?secret=whsec_abcdef123456"
 
 
@@ -29,13 +30,14 @@ def test_without_details_only_status_and_counts(
 ) -> None:
     client = make_app().test_client()
     assert client.get("/readyz").get_json() == {
-        "status": "ok", "redis": "ok", "open_circuits": 0, "spooled": 0,
+        "status": "ok", "redis": "ok", "open_circuits": 0, "spooled": 0, "redis_safety": SAFE,
     }
     open_one(redis_client)
     answer = client.get("/readyz")
     assert answer.status_code == 200
     assert answer.get_json() == {
         "status": "degraded", "redis": "ok", "open_circuits": 1, "spooled": 0,
+        "redis_safety": SAFE,
     }
     text = answer.get_data(as_text=True)
     for leak in ("hooks.example.com", "private", "whsec", "CA-secret-sid", "crm-bridge", "401"):
@@ -87,4 +89,18 @@ def test_readyz_costs_the_same_few_commands_with_100k_unrelated_keys(
     body = client.get("/readyz").get_json()
     used = commands_run(redis_client) - before
     assert body["open_circuits"] == 1
-    assert used <= 3, used  # PING, SMEMBERS, MGET
+    assert used <= 3, used  # PING, SMEMBERS, MGET; the safety look is cached
+
+
+def test_an_evicting_redis_makes_readyz_degraded(
+    make_app: Callable[..., Flask], redis_client: redis.Redis
+) -> None:
+    redis_client.config_set("maxmemory-policy", "allkeys-lru")
+    try:
+        body = make_app(READYZ_DETAILS="1").test_client().get("/readyz").get_json()
+    finally:
+        redis_client.config_set("maxmemory-policy", "noeviction")
+    assert body["status"] == "degraded"
+    assert body["redis_safety"]["maxmemory_policy"] == "allkeys-lru"
+    assert body["redis_safety"]["problems"] == 1
+    assert any("maxmemory-policy" in p for p in body["problems"])
