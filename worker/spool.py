@@ -3,12 +3,15 @@
 Each callback is one file, written to a temporary name, fsynced and renamed
 into place, so a crash never leaves half a callback. A drainer in every web
 process moves spooled callbacks into Redis as soon as it answers again.
-Several drainers may run at once: each claims a file by renaming it, and
-acceptance is idempotent (the dedupe key), so a file handled twice is harmless.
+Several drainers may run at once: each claims a file by renaming it (after
+refreshing its mtime, so a fresh claim never looks abandoned), and a file
+another drainer took or finished is skipped. Acceptance is idempotent too
+(the dedupe key). A file that cannot be parsed is set aside as ``*.bad``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -75,39 +78,85 @@ class Spool:
             else 0
         )
 
+    def bad(self) -> list[Path]:
+        """Files set aside because they could not be parsed: an operator must look."""
+        return sorted(self.dir.glob("*.bad")) if self.dir.is_dir() else []
+
     def _reclaim_stale(self) -> None:
         for path in self.dir.glob("*.claimed-*"):
+            if path.name.endswith(".bad"):
+                continue
             try:
                 if time.time() - path.stat().st_mtime > CLAIM_TIMEOUT:
                     os.replace(path, path.with_name(path.name.split(".claimed-")[0]))
             except FileNotFoundError:
-                continue
+                continue  # its drainer finished it, or another reclaimed it first
+
+    def _claim(self, path: Path) -> Path | None:
+        """Rename ``path`` to a name of our own; None if another drainer got it first.
+
+        The mtime is refreshed first: a callback spooled long ago would
+        otherwise look like an abandoned claim the moment it is claimed, and
+        another drainer would take it back and accept it a second time.
+        """
+        claimed = path.with_name(f"{path.name}.claimed-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+        try:
+            os.utime(path)
+            os.replace(path, claimed)
+        except FileNotFoundError:
+            return None
+        return claimed
+
+    def _set_aside(self, path: Path, claimed: Path, why: str) -> None:
+        bad = path.with_name(path.name + ".bad")
+        try:
+            os.replace(claimed, bad)
+        except FileNotFoundError:
+            return
+        log.error(
+            "spooled callback %s cannot be accepted (%s); set aside as %s, the others carry on. "
+            "Fix or delete it by hand (renamed back to .json it is tried again)",
+            path.name,
+            why,
+            bad,
+        )
 
     def drain(self, accept: Callable[[dict[str, Any], str], None]) -> int:
-        """Hand every spooled callback to ``accept``; stops at the first failure."""
+        """Hand every spooled callback to ``accept``; stops at the first Redis failure.
+
+        A file that is not a JSON object, or that ``accept`` refuses as bad
+        input (ValueError, TypeError), is set aside as ``*.bad`` and never
+        holds up the rest. Any other error (Redis away) puts the file back
+        and ends the round.
+        """
         if not self.dir.is_dir():
             return 0
         self._reclaim_stale()
         moved = 0
         for path in self.pending():
-            claimed = path.with_name(f"{path.name}.claimed-{os.getpid()}-{uuid.uuid4().hex[:6]}")
-            try:
-                os.replace(path, claimed)
-            except FileNotFoundError:
+            claimed = self._claim(path)
+            if claimed is None:
                 continue  # another drainer took it
             try:
                 fields = json.loads(claimed.read_bytes())
+            except FileNotFoundError:
+                continue  # reclaimed from under us: its new owner has it
             except (OSError, ValueError) as err:
-                bad = claimed.with_name(claimed.name + ".bad")
-                os.replace(claimed, bad)
-                log.error("spooled callback %s is unreadable (%s); kept as %s", path, err, bad)
+                self._set_aside(path, claimed, f"unreadable: {err}")
+                continue
+            if not isinstance(fields, dict):
+                self._set_aside(path, claimed, f"not a JSON object but {type(fields).__name__}")
                 continue
             try:
                 accept(fields, account_of(path))
+            except (ValueError, TypeError) as err:
+                self._set_aside(path, claimed, f"refused: {err}")
+                continue
             except Exception:
-                os.replace(claimed, path)  # keep it for the next round
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(claimed, path)  # keep it for the next round
                 raise
-            claimed.unlink()
+            claimed.unlink(missing_ok=True)
             moved += 1
         return moved
 
@@ -125,12 +174,17 @@ class Drainer:
         self._thread: threading.Thread | None = None
 
     def run(self) -> None:
+        failing = False
         while not self._stop.wait(self.interval):
             try:
                 moved = self.spool.drain(self.accept)
             except Exception as err:  # noqa: BLE001 - Redis still down: try again later
-                log.debug("spool drain waiting for Redis: %s", err)
+                (log.debug if failing else log.warning)(
+                    "spool %s waits: cannot hand callbacks to Redis (%s)", self.spool.dir, err
+                )
+                failing = True
                 continue
+            failing = False
             if moved:
                 log.warning("moved %d spooled callback(s) from %s to Redis", moved, self.spool.dir)
 
