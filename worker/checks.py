@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, TextIO
@@ -92,6 +92,7 @@ def describe(settings: Settings) -> list[tuple[str, str]]:
         ("RETRY_MAX_ATTEMPTS", str(s.retry_max_attempts)),
         ("RETENTION_HOURS", f"{s.retention_hours:g}"),
         ("JOB_LEASE_SECONDS", f"{s.job_lease_seconds:g}"),
+        ("UNKNOWN_SINK_GRACE_SECONDS", f"{s.unknown_sink_grace_seconds:g}"),
         ("SPOOL_DIR", str(s.spool_dir)),
         ("DEFAULT_COUNTRY", s.default_country),
         ("SENTRY_DSN", _dsn(s.sentry_dsn)),
@@ -399,6 +400,7 @@ class RedisWatch:
 
     redis: Redis
     epoch: str | None = None
+    last: RedisSafety | None = None  # what the previous look found
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def check(self) -> RedisSafety:
@@ -406,6 +408,7 @@ class RedisWatch:
             safety = inspect_redis(self.redis, known_epoch=self.epoch, create_epoch=True)
             if safety.epoch:
                 self.epoch = safety.epoch
+            self.last = safety
             return safety
 
 
@@ -455,21 +458,32 @@ def worker_start(redis: Redis) -> RedisWatch:
 
 
 class Watchdog:
-    """Looks at Redis again every ``interval`` seconds, for a policy change or a wipe."""
+    """Looks at Redis again every ``interval`` seconds, for a policy change or a wipe.
 
-    def __init__(self, watch: RedisWatch, interval: float = 30.0) -> None:
+    ``chores`` run on the same beat (a worker announces its sinks there).
+    """
+
+    def __init__(
+        self,
+        watch: RedisWatch,
+        interval: float = 30.0,
+        chores: Sequence[Callable[[], object]] = (),
+    ) -> None:
         self.watch = watch
         self.interval = interval
+        self.chores = list(chores)
         self._stop = threading.Event()
-        self.last: RedisSafety | None = None
 
     def look(self) -> RedisSafety | None:
+        """Run the chores and look once; report only what is new since the last look."""
+        previous = self.watch.last
         try:
+            for chore in self.chores:
+                chore()
             safety = self.watch.check()
         except RedisError:
             return None  # the pump and Celery already say Redis is away
-        report(safety, self.last)
-        self.last = safety
+        report(safety, previous)
         return safety
 
     def run(self) -> None:

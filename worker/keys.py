@@ -48,6 +48,14 @@ def dead(job_id: str) -> str:
     return f"{PREFIX}:dead:{job_id}"
 
 
+def dead_of(call_sid: str, account: str = DEFAULT_ACCOUNT) -> str:
+    """Set of a call's dead job ids: while it is not empty the call's state has no TTL."""
+    return f"{namespace(account)}:dead-of:{call_sid}"
+
+
+SINKS = f"{PREFIX}:sinks"  # hash: <account>/<sink> -> when a running worker last announced it
+
+
 def bucket(name: str) -> str:
     """Token bucket state for a rate limit (Exotel account, sink, callback client)."""
     return f"{PREFIX}:bucket:{name}"

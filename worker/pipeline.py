@@ -26,6 +26,7 @@ from worker.errors import (
 )
 from worker.jobs import JobId, ledger
 from worker.settings import DEFAULT_ACCOUNT, Account, Rate
+from worker.sinks import fleet
 
 if TYPE_CHECKING:
     from worker.jobs.circuit import Circuit
@@ -52,7 +53,8 @@ def take_slot(rt: Runtime, job_id: str, limit_name: str, rate: Rate) -> None:
 
 
 def load_record(rt: Runtime, call_sid: str, account: str = DEFAULT_ACCOUNT) -> CallRecord | None:
-    raw = rt.redis.get(keys.record(call_sid, account))
+    """The stored record; the call's state gets another RETENTION_HOURS in the same trip."""
+    raw = ledger.keep_alive(rt.redis, call_sid, rt.settings.retention_seconds, account)
     return json.loads(raw) if raw else None
 
 
@@ -183,9 +185,11 @@ def fetch_call(
     """Fetch the legs once, keep the record, and book one delivery per sink of the account."""
     acct = account_of(rt, account, call_sid)
     pipe = rt.redis.pipeline(transaction=False)
-    pipe.get(keys.record(call_sid, account))
+    # GETs the record and gives the call's state another RETENTION_HOURS.
+    ledger.keep_alive(pipe, call_sid, rt.settings.retention_seconds, account)
     pipe.hmget(keys.call(call_sid, account), CALLBACK_FIELDS)
-    raw_record, raw_callback = pipe.execute()
+    pipe.hgetall(keys.SINKS)
+    raw_record, raw_callback, announced = pipe.execute()
     if raw_record:
         record: CallRecord = json.loads(raw_record)
     else:
@@ -208,8 +212,12 @@ def fetch_call(
             json.dumps(record, separators=(",", ":"), default=str),
             ex=rt.settings.retention_seconds,
         )
+    # Every sink of the account that a running worker knows, not only ours: in
+    # a rolling deploy that adds a sink, a call fetched by an old worker must
+    # reach it too.
+    names = set(rt.sinks_of(account)) | fleet.live(announced, account)
     now = time.time()
-    deliveries = {jobs.deliver_id(call_sid, name, account): now for name in rt.sinks_of(account)}
+    deliveries = {jobs.deliver_id(call_sid, name, account): now for name in names}
     if deliveries:
         pipe.zadd(keys.JOBS, deliveries, nx=True)
     pipe.execute()
@@ -227,22 +235,15 @@ def deliver_call(
 ) -> bool:
     """Deliver the stored record to one sink; True when it was delivered now."""
     account_of(rt, account, call_sid)
+    job_id = jobs.deliver_id(call_sid, sink_name, account)
     sink = rt.sinks_of(account).get(sink_name)
     if sink is None:
-        where = "SINKS" if account == DEFAULT_ACCOUNT else f"account {account}'s sinks"
-        raise PermanentError(
-            f"call {call_sid}: sink {sink_name!r} is no longer configured ({where}); "
-            "add it back and replay, or purge the dead letter"
-        )
-    record = load_record(rt, call_sid, account)
-    if record is None:
-        # Past retention, or a replay long after: fetch again; the fetch books deliveries.
-        rt.redis.hdel(keys.call(call_sid, account), "fetch")
-        rt.book.schedule(jobs.fetch_id(call_sid, account))
-        return False
+        hand_back_unknown_sink(rt, job_id, call_sid, sink_name, account)
+    assert sink is not None
+    record = load_record(rt, call_sid, account) or refetch(rt, call_sid, job_id, account)
     return call_upstream(
         rt,
-        jobs.deliver_id(call_sid, sink_name, account),
+        job_id,
         f"sink:{sink_name}",
         sink.rate_limit,
         lambda: ledger.deliver_once(
@@ -254,6 +255,62 @@ def deliver_call(
             account=account,
         ),
         circuit_open=circuit_open,
+    )
+
+
+def refetch(rt: Runtime, call_sid: str, job_id: str, account: str) -> CallRecord:
+    """The record is gone (past retention, or Redis lost it): fetch it again for one sink.
+
+    Only the delivery that asked gets it: booking every sink again would repeat
+    the call wherever the ledger has expired. The terminal callback comes from
+    the call's hash (a replay puts back the dead letter's copy), so the record
+    keeps its ``status`` and ``callback``.
+    """
+    from worker.calls.intake import terminal_callback
+
+    acct = account_of(rt, account, call_sid)
+    client = rt.exotel_for(account)
+    body = call_upstream(
+        rt, job_id, acct.limit_name, acct.rate_limit, lambda: client.fetch_legs(call_sid)
+    )
+    callback = terminal_callback(rt.redis, call_sid, account)
+    record = build_call_record(rt, body, callback, account)
+    rt.redis.set(
+        keys.record(call_sid, account),
+        json.dumps(record, separators=(",", ":"), default=str),
+        ex=rt.settings.retention_seconds,
+        nx=True,
+    )
+    log.warning(
+        "call %s: its record had expired; fetched the legs again for %s alone", call_sid, job_id
+    )
+    return record
+
+
+def hand_back_unknown_sink(
+    rt: Runtime, job_id: str, call_sid: str, sink_name: str, account: str
+) -> None:
+    """A delivery for a sink this worker does not have: hand it back, or dead-letter it.
+
+    In a rolling deploy that adds a sink, old workers meet its deliveries:
+    they hand them back (Deferred) for a worker that knows it, while any
+    running worker announces the sink or for UNKNOWN_SINK_GRACE_SECONDS from
+    the job's first attempt. After that the sink was removed: a dead letter.
+    """
+    grace = rt.settings.unknown_sink_grace_seconds
+    first = rt.book.info(job_id).get("first_attempt")
+    seconds, micros = rt.redis.time()
+    waited = seconds + micros / 1e6 - float(first) if first else 0.0
+    if sink_name in fleet.announced(rt.redis, account) or waited < grace:
+        raise Deferred(
+            random.uniform(2.0, 6.0),
+            f"sink {sink_name!r} is not configured on this worker; handed back for one that has it",
+        )
+    where = "SINKS" if account == DEFAULT_ACCOUNT else f"account {account}'s sinks"
+    raise PermanentError(
+        f"call {call_sid}: sink {sink_name!r} is not configured on any running worker ({where}) "
+        f"and none took the delivery in {grace:.0f}s; add it back and replay, "
+        "or purge the dead letter"
     )
 
 

@@ -69,7 +69,9 @@ class Runtime:
 
     @cached_property
     def dead(self) -> DeadLetters:
-        return DeadLetters(self.redis, self.book)
+        return DeadLetters(
+            self.redis, self.book, retention_seconds=self.settings.retention_seconds
+        )
 
     @cached_property
     def intake(self) -> Intake:

@@ -146,6 +146,7 @@ class Settings:
     retention_hours: float = 48.0
     job_lease_seconds: float = 120.0
     circuit_probe_seconds: int = 60
+    unknown_sink_grace_seconds: float = 600.0
     spool_dir: Path = Path("./var/spool")
     default_country: str = "IN"
     sentry_dsn: str | None = field(default=None, repr=False)
@@ -471,6 +472,7 @@ def _parse(env: Mapping[str, str]) -> dict[str, Any]:
             "JOB_LEASE_SECONDS", "must be <= 300 so a killed worker's work returns within 5 minutes"
         )
     out["circuit_probe_seconds"] = _integer(env, "CIRCUIT_PROBE_SECONDS", 60, minimum=1)
+    out["unknown_sink_grace_seconds"] = _number(env, "UNKNOWN_SINK_GRACE_SECONDS", 600.0)
     out["spool_dir"] = Path(_get(env, "SPOOL_DIR") or "./var/spool")
 
     country = (_get(env, "DEFAULT_COUNTRY") or "IN").upper()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from worker.checks import (
     EpochState,
     Persistence,
     RedisWatch,
+    Watchdog,
     acknowledge_wipe,
     fingerprint,
     inspect_redis,
@@ -318,3 +320,23 @@ def test_the_check_clears_a_wipe_notice_on_request(own_redis: RedisServer, tmp_p
     acked = subprocess.run([*cli, "--ack-wipe"], **run)  # type: ignore[call-overload]
     assert acked.returncode == 0, acked.stdout
     assert acked.stdout.startswith("wipe notice cleared")
+
+
+def test_a_running_worker_says_loudly_once_that_redis_was_wiped(
+    own_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    announced: list[int] = []
+    dog = Watchdog(worker_start(own_redis.client()), chores=[lambda: announced.append(1)])
+    with caplog.at_level(logging.WARNING, logger="exolegs.checks"):
+        assert dog.look() is not None and dog.look() is not None
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+        own_redis.client().flushall()
+        for _ in range(3):
+            dog.look()
+    [critical] = [r.getMessage() for r in caplog.records if r.levelno == logging.CRITICAL]
+    assert "Redis was wiped" in critical
+    assert len(announced) == 5
+    own_redis.client().config_set("maxmemory-policy", "allkeys-lru")
+    with caplog.at_level(logging.CRITICAL, logger="exolegs.checks"):
+        dog.look()
+    assert "maxmemory-policy: is allkeys-lru" in caplog.records[-1].getMessage()

@@ -112,6 +112,42 @@ class Intake:
         return Accepted(duplicate=result == 0, fetch_booked=result == 2)
 
 
+# KEYS: call hash. ARGV: terminal json, direction, retention. Puts back a
+# terminal callback the hash has lost (it outlived RETENTION_HOURS in a dead
+# letter), marked as fetched so a repeat of it books nothing.
+_RESTORE = """
+if redis.call('HEXISTS', KEYS[1], 'terminal') == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'terminal', ARGV[1], 'fetch', '1')
+if ARGV[2] ~= '' then redis.call('HSETNX', KEYS[1], 'direction', ARGV[2]) end
+if redis.call('TTL', KEYS[1]) ~= -1 then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
+return 1
+"""
+
+
+def restore_callback(
+    redis: Redis,
+    call_sid: str,
+    fields: dict[str, Any],
+    *,
+    status: str | None,
+    direction: str | None,
+    retention_seconds: int,
+    account: str = DEFAULT_ACCOUNT,
+) -> bool:
+    """Give a call back its terminal callback (from a dead letter); True if it had lost it."""
+    payload = json.dumps(
+        {"event": "restored", "status": status, "fields": fields},
+        separators=(",", ":"),
+        default=str,
+    )
+    script = redis.register_script(_RESTORE)
+    return bool(
+        script(
+            keys=[keys.call(call_sid, account)], args=[payload, direction or "", retention_seconds]
+        )
+    )
+
+
 CALLBACK_FIELDS = ["terminal", "direction"]
 
 

@@ -70,8 +70,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
         argv += ["--pool", args.pool]
     controllers: list[Any] = []
     signals.worker_init.connect(lambda sender=None, **_: controllers.append(sender), weak=False)
-    watchdog = Watchdog(watch)
-    watchdog.look()  # the epoch again, right before work starts
+    from worker.sinks import fleet
+
+    # Announce our sinks before any work, so deliveries get booked for them.
+    ours = [(a, name) for a in runtime.accounts for name in runtime.sinks_of(a)]
+    announce = lambda: fleet.announce(runtime.redis, ours)  # noqa: E731
+    watchdog = Watchdog(watch, fleet.ANNOUNCE_SECONDS, chores=[announce])
+    watchdog.look()
     signals.worker_ready.connect(lambda **_: watchdog.start(), weak=False)
     app.worker_main(argv)
     # worker_main drops Celery's exit status; a supervisor must see a crash as one.

@@ -1,19 +1,30 @@
-"""Dead letters: work that ran out of retries or can never succeed, kept for replay."""
+"""Dead letters: work that ran out of retries or can never succeed, kept for replay.
+
+A dead letter may be replayed days later, long after ``RETENTION_HOURS``. So
+while a call has one, the call's state (record, ledger, callbacks) is kept
+with no TTL, and the letter keeps its own copy of the terminal callback: a
+replay still knows which sinks have the call, and a record fetched again
+still carries the callback's ``status`` and fields. When a call's last dead
+letter is replayed or purged, its state gets ``RETENTION_HOURS`` again.
+"""
 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from worker import keys
+from worker.calls.intake import restore_callback, terminal_callback
 from worker.jobs import DELIVER, JobBook, JobId
+from worker.jobs.ledger import state_keys
 from worker.settings import DEFAULT_ACCOUNT
 
 if TYPE_CHECKING:
     from redis import Redis
+
+DEFAULT_RETENTION = 48 * 3600
 
 
 @dataclass
@@ -29,11 +40,18 @@ class DeadLetter:
     failed_at: float
     upstream_status: int | None = None
     upstream_code: int | str | None = None
-    callback: dict[str, Any] | None = None
+    callback: dict[str, Any] | None = None  # the terminal callback's fields
+    status: str | None = None  # its normalised status, for a record fetched again
+    direction: str | None = None
     account: str = DEFAULT_ACCOUNT
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DeadLetter:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def _text(raw: Any) -> str:
@@ -44,10 +62,48 @@ def _f(value: str | None) -> float | None:
     return float(value) if value else None
 
 
+# KEYS: letter, dead zset, jobs zset, job hash, dead-of set, then the call's
+# state keys. ARGV: letter json, job id. Stores the letter, takes the job out
+# of the book, and holds the call's state with no TTL. Returns failed-at.
+_ADD = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local letter = cjson.decode(ARGV[1])
+letter['failed_at'] = now
+redis.call('SET', KEYS[1], cjson.encode(letter))
+redis.call('ZADD', KEYS[2], now, ARGV[2])
+redis.call('ZREM', KEYS[3], ARGV[2])
+redis.call('DEL', KEYS[4])
+redis.call('SADD', KEYS[5], ARGV[2])
+for i = 6, #KEYS do redis.call('PERSIST', KEYS[i]) end
+return tostring(now)
+"""
+
+# KEYS: letter, dead zset, dead-of set, then the call's state keys. ARGV: job
+# id, retention. Drops the letter; once the call has none left, its state
+# gets RETENTION_HOURS again. Returns 1 if the letter was there.
+_RELEASE = """
+local had = redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('SREM', KEYS[3], ARGV[1])
+if redis.call('SCARD', KEYS[3]) == 0 then
+  for i = 4, #KEYS do
+    if redis.call('TTL', KEYS[i]) == -1 then redis.call('EXPIRE', KEYS[i], ARGV[2]) end
+  end
+end
+return had
+"""
+
+
 class DeadLetters:
-    def __init__(self, redis: Redis, book: JobBook) -> None:
+    def __init__(
+        self, redis: Redis, book: JobBook, *, retention_seconds: int = DEFAULT_RETENTION
+    ) -> None:
         self.redis = redis
         self.book = book
+        self.retention_seconds = retention_seconds
+        self._add = redis.register_script(_ADD)
+        self._release = redis.register_script(_RELEASE)
 
     def add(
         self,
@@ -59,8 +115,10 @@ class DeadLetters:
         upstream_code: int | str | None = None,
         callback: dict[str, Any] | None = None,
     ) -> DeadLetter:
+        """Dead-letter a job, with a copy of its call's terminal callback (read here)."""
         job_id = str(job)
         info = self.book.info(job_id)
+        fields_, status, direction = terminal_callback(self.redis, job.call_sid, job.account)
         letter = DeadLetter(
             job_id=job_id,
             call_sid=job.call_sid,
@@ -70,18 +128,26 @@ class DeadLetters:
             last_error=error,
             first_attempt_at=_f(info.get("first_attempt")),
             last_attempt_at=_f(info.get("last_attempt")),
-            failed_at=time.time(),
+            failed_at=0.0,
             upstream_status=upstream_status,
             upstream_code=upstream_code,
-            callback=callback,
+            callback=callback if callback is not None else (fields_ or None),
+            status=status,
+            direction=direction,
             account=job.account,
         )
-        pipe = self.redis.pipeline()
-        pipe.set(keys.dead(job_id), json.dumps(letter.to_json(), default=str))
-        pipe.zadd(keys.DEAD, {job_id: letter.failed_at})
-        pipe.zrem(keys.JOBS, job_id)
-        pipe.delete(keys.job(job_id))
-        pipe.execute()
+        raw = self._add(
+            keys=[
+                keys.dead(job_id),
+                keys.DEAD,
+                keys.JOBS,
+                keys.job(job_id),
+                keys.dead_of(job.call_sid, job.account),
+                *state_keys(job.call_sid, job.account),
+            ],
+            args=[json.dumps(letter.to_json(), default=str), job_id],
+        )
+        letter.failed_at = float(_text(raw))
         return letter
 
     def __iter__(self) -> Iterator[DeadLetter]:
@@ -99,7 +165,7 @@ class DeadLetters:
 
     def get(self, job_id: str) -> DeadLetter | None:
         raw = self.redis.get(keys.dead(job_id))
-        return DeadLetter(**json.loads(raw)) if raw else None
+        return DeadLetter.from_json(json.loads(raw)) if raw else None
 
     def for_call(self, call_sid: str, account: str | None = None) -> list[DeadLetter]:
         return [d for d in self.listed(account) if d.call_sid == call_sid]
@@ -107,16 +173,44 @@ class DeadLetters:
     def count(self) -> int:
         return int(self.redis.zcard(keys.DEAD))
 
+    def _drop(self, job_id: str) -> bool:
+        job = JobId.parse(job_id)
+        sid, account = job.call_sid, job.account
+        raw = self._release(
+            keys=[
+                keys.dead(job_id),
+                keys.DEAD,
+                keys.dead_of(sid, account),
+                *state_keys(sid, account),
+            ],
+            args=[job_id, self.retention_seconds],
+        )
+        return bool(raw)
+
     def replay(self, letter: DeadLetter, *, force: bool = False) -> None:
-        """Book the job again, now, with a fresh attempt count; ``force`` ignores the ledger."""
+        """Book the job again, now, with a fresh attempt count; ``force`` ignores the ledger.
+
+        If the call's hash has lost its terminal callback, the letter's copy
+        goes back first, so a record fetched again keeps ``status`` and
+        ``callback``.
+        """
+        if letter.callback is not None or letter.status is not None:
+            restore_callback(
+                self.redis,
+                letter.call_sid,
+                letter.callback or {},
+                status=letter.status,
+                direction=letter.direction,
+                retention_seconds=self.retention_seconds,
+                account=letter.account,
+            )
         pipe = self.redis.pipeline()
         pipe.delete(keys.job(letter.job_id))
         if force:
             pipe.hset(keys.job(letter.job_id), "force", "1")
-        pipe.zadd(keys.JOBS, {letter.job_id: time.time()})
-        pipe.delete(keys.dead(letter.job_id))
-        pipe.zrem(keys.DEAD, letter.job_id)
         pipe.execute()
+        self.book.schedule(letter.job_id, replace=True)
+        self._drop(letter.job_id)
 
     def discard(self, job_ids: list[str]) -> int:
         """Remove these dead letters for good (the console's purge, after its confirmation)."""
@@ -130,16 +224,9 @@ class DeadLetters:
 
     def purge(self, older_than_seconds: float, account: str | None = None) -> int:
         """Drop dead letters older than that (only one account's with ``account``)."""
-        cutoff = time.time() - older_than_seconds
+        seconds, micros = self.redis.time()
+        cutoff = seconds + micros / 1e6 - older_than_seconds
         ids = [_text(i) for i in self.redis.zrangebyscore(keys.DEAD, "-inf", cutoff)]
         if account is not None:
             ids = [i for i in ids if JobId.parse(i).account == account]
-        if not ids:
-            return 0
-        pipe = self.redis.pipeline()
-        for raw_id in ids:
-            job_id = _text(raw_id)
-            pipe.delete(keys.dead(job_id))
-            pipe.zrem(keys.DEAD, job_id)
-        pipe.execute()
-        return len(ids)
+        return sum(self._drop(job_id) for job_id in ids)

@@ -1,14 +1,20 @@
 """The delivery ledger: which sinks already have which call.
 
-One Redis hash per call (``exolegs:ledger:<call_sid>``), one field per sink
-name. A sink that succeeded is never called again for that call unless a
-replay says ``force``. This is what makes sinks without a natural upsert
-idempotent on ``call_sid``.
+One Redis hash per call (``exolegs:ledger:<call_sid>``, in the account's
+namespace), one field per sink name. A sink that succeeded is never called
+again for that call unless a replay says ``force``. This is what makes
+sinks without a natural upsert idempotent on ``call_sid``.
+
+The ledger, like the rest of a call's state (its record and its callbacks),
+must outlive every job and dead letter of the call, or a late delivery would
+not know which sinks already have it. So its TTL is only ever *extended* to
+``RETENTION_HOURS`` (every run of a call's job does that, :func:`keep_alive`),
+and while the call has a dead letter it has no TTL at all
+(:mod:`worker.jobs.deadletters`).
 """
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
 
 from worker import keys
@@ -16,11 +22,73 @@ from worker.settings import DEFAULT_ACCOUNT
 
 if TYPE_CHECKING:
     from redis import Redis
+    from redis.client import Pipeline
+    from redis.commands.core import Script
 
     from worker.sinks.base import CallRecord, Sink
 
 
 PENDING = "pending"
+
+# Shared by the scripts below: give KEYS[i] at least ARGV[1] seconds to live.
+# A key without a TTL (held for a dead letter) keeps none; a missing key is
+# left missing; a key being created (ttl -2 before the write) gets the TTL.
+_EXTEND = """
+local function extend(key, ttl_before, keep)
+  if ttl_before == -1 then return end
+  if ttl_before == -2 or ttl_before < keep then
+    if redis.call('EXISTS', key) == 1 then redis.call('EXPIRE', key, keep) end
+  end
+end
+"""
+
+# KEYS: the call's state keys (record first). ARGV: retention. Returns the record.
+_KEEP_ALIVE = (
+    _EXTEND
+    + """
+local keep = tonumber(ARGV[1])
+for _, key in ipairs(KEYS) do
+  local ttl = redis.call('TTL', key)
+  if ttl ~= -2 then extend(key, ttl, keep) end
+end
+return redis.call('GET', KEYS[1])
+"""
+)
+
+# KEYS[1] ledger hash. ARGV: sink, (unused), retention. Delivered at Redis's clock.
+_MARK = (
+    _EXTEND
+    + """
+local ttl = redis.call('TTL', KEYS[1])
+local t = redis.call('TIME')
+redis.call('HSET', KEYS[1], ARGV[1], t[1] .. '.' .. string.format('%06d', tonumber(t[2])))
+extend(KEYS[1], ttl, tonumber(ARGV[3]))
+return 1
+"""
+)
+
+# KEYS[1] ledger hash. ARGV: sink, retention, force.
+# Marks the delivery pending (at Redis's clock) and returns the state it had
+# ('' for none), unless the sink already has the call (and this is not
+# forced): then only returns that state.
+_CLAIM = (
+    _EXTEND
+    + """
+local state = redis.call('HGET', KEYS[1], ARGV[1])
+if state and ARGV[3] ~= '1' and string.sub(state, 1, 7) ~= 'pending' then return state end
+local ttl = redis.call('TTL', KEYS[1])
+local t = redis.call('TIME')
+redis.call('HSET', KEYS[1], ARGV[1], 'pending:' .. t[1])
+extend(KEYS[1], ttl, tonumber(ARGV[2]))
+return state or ''
+"""
+)
+
+
+def _scripts(redis: Redis | Pipeline) -> Script:
+    from redis.commands.core import Script
+
+    return Script(redis, _KEEP_ALIVE)
 
 
 def _state(
@@ -50,24 +118,36 @@ def mark_delivered(
     retention_seconds: int,
     account: str = DEFAULT_ACCOUNT,
 ) -> None:
-    key = keys.ledger(call_sid, account)
-    pipe = redis.pipeline()
-    pipe.hset(key, sink_name, f"{time.time():.3f}")
-    pipe.expire(key, retention_seconds)
-    pipe.execute()
+    redis.register_script(_MARK)(
+        keys=[keys.ledger(call_sid, account)], args=[sink_name, "", retention_seconds]
+    )
 
 
-# KEYS[1] ledger hash. ARGV: sink, pending marker, retention, force.
-# Marks the delivery pending and returns the state it had ('' for none),
-# unless the sink already has the call (and this is not forced): then only
-# returns that state.
-_CLAIM = """
-local state = redis.call('HGET', KEYS[1], ARGV[1])
-if state and ARGV[4] ~= '1' and string.sub(state, 1, 7) ~= 'pending' then return state end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-return state or ''
-"""
+def state_keys(call_sid: str, account: str = DEFAULT_ACCOUNT) -> list[str]:
+    """Everything a late delivery of a call needs: its record, ledger and callbacks."""
+    return [
+        keys.record(call_sid, account),
+        keys.ledger(call_sid, account),
+        keys.call(call_sid, account),
+    ]
+
+
+def keep_alive(
+    redis: Redis | Pipeline,
+    call_sid: str,
+    retention_seconds: int,
+    account: str = DEFAULT_ACCOUNT,
+) -> bytes | None:
+    """Give the call's state another ``RETENTION_HOURS``, in the round trip that reads its record.
+
+    Every run of one of the call's jobs calls this, so parked and retrying
+    work keeps what it needs for as long as it waits (each wait is kept
+    well under the retention: :func:`worker.jobs.retry.decide`).
+    On a pipeline it is queued, and the record comes back with the pipeline's results.
+    """
+    script = _scripts(redis)
+    raw = script(keys=state_keys(call_sid, account), args=[retention_seconds], client=redis)
+    return raw if isinstance(raw, bytes) else (raw.encode() if isinstance(raw, str) else None)
 
 
 def deliver_once(
@@ -87,7 +167,7 @@ def deliver_once(
     call_sid = str(record["call_sid"])
     raw = redis.register_script(_CLAIM)(
         keys=[keys.ledger(call_sid, account)],
-        args=[sink.name, f"{PENDING}:{time.time():.3f}", retention_seconds, "1" if force else ""],
+        args=[sink.name, retention_seconds, "1" if force else ""],
     )
     prior = raw.decode() if isinstance(raw, bytes) else str(raw)
     if prior and not prior.startswith(PENDING) and not force:

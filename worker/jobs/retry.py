@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass
 
 from worker.errors import ExolegsError, Kind
 from worker.settings import Settings
+
+log = logging.getLogger("exolegs.retry")
 
 RETRY = "retry"
 PARK = "park"
@@ -39,4 +42,17 @@ def decide(
     delay = backoff(attempt, settings.retry_base_seconds, settings.retry_max_seconds, rng)
     if error.retry_after is not None:
         delay = max(delay, error.retry_after)
+    # A job must run again while its call's state is still kept (each run
+    # extends it by the retention), or a late delivery would have no ledger.
+    longest = settings.retention_seconds / 2
+    if delay > longest:
+        log.error(
+            "a retry in %.0fs was asked for (%s), beyond half of RETENTION_HOURS: retrying in "
+            "%.0fs instead so the call's delivery ledger is still there; raise RETENTION_HOURS "
+            "if this upstream really needs that long",
+            delay,
+            error.message[:200],
+            longest,
+        )
+        delay = longest
     return Decision(RETRY, delay)

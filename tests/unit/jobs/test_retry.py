@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import logging
 import random
+
+import pytest
 
 from worker.errors import ConfigFaultError, PermanentError, RateLimitedError, TransientError
 from worker.jobs.retry import DEAD, PARK, RETRY, backoff, decide
@@ -45,3 +48,13 @@ def test_permanent_dead_letters_at_once_and_config_faults_park() -> None:
     assert decide(PermanentError("bad"), 1, SETTINGS).action == DEAD
     parked = decide(ConfigFaultError("401/1010"), 50, SETTINGS)
     assert parked.action == PARK and parked.delay > 0
+
+
+def test_a_retry_after_beyond_half_the_retention_is_cut_with_an_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = SETTINGS.with_(retention_hours=0.01)  # 36 s
+    with caplog.at_level(logging.ERROR, logger="exolegs.retry"):
+        decision = decide(RateLimitedError("slow down", retry_after=86400), 1, settings)
+    assert decision.action == RETRY and decision.delay == pytest.approx(18)
+    assert "beyond half of RETENTION_HOURS" in caplog.text
