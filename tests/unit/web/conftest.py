@@ -35,11 +35,16 @@ def base_env(redis_url: str, tmp: Path) -> dict[str, str]:
 
 
 def state_keys(client: redis.Redis) -> set[bytes]:
-    """Every exolegs key a callback can create (rate-limit buckets are not callback state)."""
+    """Every exolegs key a callback can create.
+
+    Rate-limit buckets and metrics are not callback state, nor is the Redis
+    epoch that /readyz's safety look creates (worker/checks.py).
+    """
     return {
         k for k in client.keys("exolegs:*")
         if isinstance(k, bytes)
         and not k.startswith((b"exolegs:bucket:", b"exolegs:metrics:"))
+        and k != b"exolegs:epoch"
     }
 
 
