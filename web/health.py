@@ -70,6 +70,7 @@ def readyz() -> ResponseReturnValue:
     also answers 503, for monitors that only look at the status code. With
     ``READYZ_DETAILS=true`` the body also lists each problem in words.
     """
+    from worker.calls.readiness import readyz_fields
     from worker.jobs.circuit import open_circuits
 
     edge = current_app.extensions["exolegs"]
@@ -81,6 +82,7 @@ def readyz() -> ResponseReturnValue:
         edge.runtime.redis.ping()
         circuits = open_circuits(edge.runtime.redis)
         safety = _safety(edge.runtime.redis)
+        body.update(readyz_fields(edge.runtime.redis, edge.runtime.settings))
     except Exception as err:  # noqa: BLE001 - any Redis failure means not ready
         body.update(status="unavailable", redis="unreachable", spooled=spooled)
         if details:

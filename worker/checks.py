@@ -67,6 +67,29 @@ def _proxies(s: Settings) -> str:
     return f"{s.trusted_proxies}, from {', '.join(map(str, s.trusted_proxy_ips))}"
 
 
+def _reconcile(s: Settings) -> str:
+    if not s.reconcile:
+        return "off"
+    hour, minute = divmod(s.reconcile_nightly_at, 60)
+    return (
+        f"every {s.reconcile_recent_every:g}s over {s.reconcile_recent_lookback:g}s, "
+        f"every {s.reconcile_hourly_every:g}s over {s.reconcile_hourly_lookback:g}s, "
+        f"nightly at {hour:02d}:{minute:02d} IST over the previous IST day"
+    )
+
+
+def live_state(settings: Settings) -> list[str]:
+    """What Redis says now (the first-fetch delay legs readiness set); nothing when unreachable."""
+    try:
+        from worker.calls import readiness
+        from worker.runtime import connect
+
+        client = connect(settings.redis_url)
+        return [f"legs readiness: {readiness.summary(client, settings).describe()}"]
+    except Exception:  # noqa: BLE001 - an unreachable Redis is reported as a problem below
+        return []
+
+
 def describe(settings: Settings) -> list[tuple[str, str]]:
     s = settings
     rows = [
@@ -88,6 +111,9 @@ def describe(settings: Settings) -> list[tuple[str, str]]:
         ("Redis TLS", s.redis_tls),
         ("SINKS", " ".join(mask_url(u) for u in s.sinks)),
         ("FETCH_DELAY_SECONDS", f"{s.fetch_delay_seconds:g}"),
+        ("FETCH_DELAY_MAX_SECONDS", f"{s.fetch_delay_max_seconds:g}"),
+        ("RECONCILE", _reconcile(s)),
+        ("RECONCILE_RATE_SHARE", f"{s.reconcile_rate_share:g}"),
         ("RETRY_BASE/MAX_SECONDS", f"{s.retry_base_seconds:g} / {s.retry_max_seconds:g}"),
         ("RETRY_MAX_ATTEMPTS", str(s.retry_max_attempts)),
         ("RETENTION_HOURS", f"{s.retention_hours:g}"),
@@ -569,6 +595,8 @@ def run_check(env: Mapping[str, str] | None = None, *, out: TextIO | None = None
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         say(f"{key:{width}}  {value}")
+    for line in live_state(settings):
+        say(line)
     found = problems(settings)
     security, notes = security_findings(settings, env)
     found.extend(security)

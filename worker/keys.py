@@ -72,3 +72,16 @@ CIRCUITS = f"{PREFIX}:circuits"
 def token_cache(name: str) -> str:
     """Shared OAuth access tokens (Zoho, Salesforce), so workers do not each mint one."""
     return f"{PREFIX}:oauth:{name}"
+
+
+READINESS_DELAY = f"{PREFIX}:readiness:delay"  # the raised first-fetch delay (seconds)
+
+
+def readiness(minute: int) -> str:
+    """Hash of one minute's first legs fetches: how many, how many not ready, time to ready."""
+    return f"{PREFIX}:readiness:{minute}"
+
+
+def reconcile(account: str, what: str) -> str:
+    """The sweeper's state per account: ``lock:<tier>``, ``last:<tier>``, ``backfill:<id>``."""
+    return f"{PREFIX}:reconcile:{account}:{what}"

@@ -16,7 +16,18 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from worker import jobs, keys
-from worker.calls.intake import CALLBACK_FIELDS, parse_callback
+from worker.calls import readiness
+from worker.calls.intake import (
+    CALLBACK_FIELDS,
+    call_facts,
+    first_fetch,
+    mark_legs_unavailable,
+    parse_callback,
+    pending_upgrade,
+    upgrade_sinks,
+    upgraded,
+)
+from worker.calls.provenance import Legs, Source
 from worker.errors import (
     ConfigFaultError,
     Deferred,
@@ -60,23 +71,131 @@ def load_record(rt: Runtime, call_sid: str, account: str = DEFAULT_ACCOUNT) -> C
 
 def build_call_record(
     rt: Runtime,
-    body: dict[str, Any],
+    body: dict[str, Any] | None,
     callback: tuple[dict[str, Any], str | None, str | None],
     account: str = DEFAULT_ACCOUNT,
+    source: Source = Source.CALLBACK,
 ) -> CallRecord:
-    """The record, numbers read in the account's DEFAULT_COUNTRY, naming the account."""
+    """The record, numbers read in the account's DEFAULT_COUNTRY, naming the account.
+
+    Built from the legs answer, or from the callback alone (``legs:
+    unavailable``) when ``body`` is None.
+    """
     from worker.calls.enrich import build_record, leg_details_of
 
     fields, status, direction = callback
     record = build_record(
-        leg_details_of(body),
+        leg_details_of(body) if body is not None else {},
         fields,
         default_country=rt.account(account).default_country,
         fetched_at=datetime.now(UTC),
         direction=direction,
         status=status,
+        source=source,
+        legs_state=Legs.FETCHED if body is not None else Legs.UNAVAILABLE,
     )
     record["account"] = account
+    return record
+
+
+#: Legs errors that mean "Exotel has no legs for this call (yet)".
+LEGS_NOT_READY = 10743
+LEGS_ABSENT = frozenset({10743, 10744})
+
+
+def _code(err: ExolegsError) -> int | None:
+    try:
+        return int(err.upstream_code) if err.upstream_code is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def legs_absent(err: ExolegsError) -> bool:
+    """Did the legs API say it has no legs for the call (10743 not ready, 10744 not found)?"""
+    return _code(err) in LEGS_ABSENT
+
+
+def _fetch_legs(
+    rt: Runtime, acct: Account, call_sid: str, circuit_open: bool | None
+) -> dict[str, Any]:
+    """One legs request; a call's first one is counted for legs readiness."""
+    account = acct.name
+    client = rt.exotel_for(account)
+    try:
+        body = call_upstream(
+            rt,
+            jobs.fetch_id(call_sid, account),
+            acct.limit_name,
+            acct.rate_limit,
+            lambda: client.fetch_legs(call_sid),
+            circuit_open=circuit_open,
+        )
+    except ExolegsError as err:
+        if _code(err) == LEGS_NOT_READY and first_fetch(rt.redis, call_sid, account):
+            readiness.note_first_fetch(rt.redis, rt.settings, ready=False, terminal_at=None)
+        raise
+    if first_fetch(rt.redis, call_sid, account):
+        facts = call_facts(rt.redis, call_sid, account)
+        if facts.source is Source.CALLBACK:  # a swept call's end was heard of late
+            readiness.note_first_fetch(
+                rt.redis, rt.settings, ready=True, terminal_at=facts.terminal_at
+            )
+    return body
+
+
+def _book_deliveries(
+    rt: Runtime,
+    call_sid: str,
+    account: str,
+    record: CallRecord | None,
+    names: set[str],
+    *,
+    upgrade: bool = False,
+) -> None:
+    """Keep the record (unless None) and book a delivery per sink in ``names``, in one round trip.
+
+    ``upgrade``: the legs came after a record built without them was
+    delivered; only sinks that update in place (upsert, CRM external id)
+    get the full record, the rest keep the one they have.
+    """
+    if upgrade:
+        sinks = rt.sinks_of(account)
+        names = {n for n in names if n in sinks and sinks[n].native_idempotency}
+    pipe = rt.redis.pipeline(transaction=True)
+    if record is not None:
+        pipe.set(
+            keys.record(call_sid, account),
+            json.dumps(record, separators=(",", ":"), default=str),
+            ex=rt.settings.retention_seconds,
+        )
+    if upgrade:
+        upgrade_sinks(pipe, call_sid, sorted(names), account)
+    now = time.time()
+    deliveries = {jobs.deliver_id(call_sid, name, account): now for name in names}
+    if deliveries:
+        pipe.zadd(keys.JOBS, deliveries, nx=True)
+    pipe.execute()
+
+
+def deliver_without_legs(
+    rt: Runtime, call_sid: str, account: str = DEFAULT_ACCOUNT
+) -> CallRecord | None:
+    """The legs never came: deliver the record built from the callback, ``legs: unavailable``.
+
+    Returns None when the call already has a record (a later re-fetch that
+    failed again changes nothing).
+    """
+    pipe = rt.redis.pipeline(transaction=False)
+    pipe.exists(keys.record(call_sid, account))
+    pipe.hmget(keys.call(call_sid, account), CALLBACK_FIELDS)
+    exists, raw_callback = pipe.execute()
+    if exists:
+        return None
+    source = call_facts(rt.redis, call_sid, account).source
+    record = build_call_record(rt, None, parse_callback(raw_callback), account, source)
+    mark_legs_unavailable(rt.redis, call_sid, account)
+    names = set(rt.sinks_of(account)) | fleet.live(rt.redis.hgetall(keys.SINKS), account)
+    _book_deliveries(rt, call_sid, account, record, names)
     return record
 
 
@@ -190,37 +309,20 @@ def fetch_call(
     pipe.hmget(keys.call(call_sid, account), CALLBACK_FIELDS)
     pipe.hgetall(keys.SINKS)
     raw_record, raw_callback, announced = pipe.execute()
-    if raw_record:
-        record: CallRecord = json.loads(raw_record)
-    else:
-        client = rt.exotel_for(account)
-        body = call_upstream(
-            rt,
-            jobs.fetch_id(call_sid, account),
-            acct.limit_name,
-            acct.rate_limit,
-            lambda: client.fetch_legs(call_sid),
-            circuit_open=circuit_open,
-        )
-        record = build_call_record(rt, body, parse_callback(raw_callback), account)
-    # The record and its deliveries in one round trip; a sink that already has
-    # the call finishes its delivery job at once (the ledger says so).
-    pipe = rt.redis.pipeline(transaction=True)
-    if not raw_record:
-        pipe.set(
-            keys.record(call_sid, account),
-            json.dumps(record, separators=(",", ":"), default=str),
-            ex=rt.settings.retention_seconds,
-        )
     # Every sink of the account that a running worker knows, not only ours: in
     # a rolling deploy that adds a sink, a call fetched by an old worker must
     # reach it too.
     names = set(rt.sinks_of(account)) | fleet.live(announced, account)
-    now = time.time()
-    deliveries = {jobs.deliver_id(call_sid, name, account): now for name in names}
-    if deliveries:
-        pipe.zadd(keys.JOBS, deliveries, nx=True)
-    pipe.execute()
+    stored: CallRecord | None = json.loads(raw_record) if raw_record else None
+    if stored is not None and stored.get("legs") != Legs.UNAVAILABLE:
+        # Its deliveries again; a sink that already has the call finishes its
+        # delivery job at once (the ledger says so).
+        _book_deliveries(rt, call_sid, account, None, names)
+        return stored
+    body = _fetch_legs(rt, acct, call_sid, circuit_open)
+    source = call_facts(rt.redis, call_sid, account).source
+    record = build_call_record(rt, body, parse_callback(raw_callback), account, source)
+    _book_deliveries(rt, call_sid, account, record, names, upgrade=stored is not None)
     return record
 
 
@@ -241,7 +343,9 @@ def deliver_call(
         hand_back_unknown_sink(rt, job_id, call_sid, sink_name, account)
     assert sink is not None
     record = load_record(rt, call_sid, account) or refetch(rt, call_sid, job_id, account)
-    return call_upstream(
+    # The legs came after a record without them: this sink updates in place.
+    upgrade = pending_upgrade(rt.redis, call_sid, sink_name, account)
+    delivered = call_upstream(
         rt,
         job_id,
         f"sink:{sink_name}",
@@ -251,11 +355,14 @@ def deliver_call(
             sink,
             record,
             retention_seconds=rt.settings.retention_seconds,
-            force=force,
+            force=force or upgrade,
             account=account,
         ),
         circuit_open=circuit_open,
     )
+    if upgrade:
+        upgraded(rt.redis, call_sid, sink_name, account)
+    return delivered
 
 
 def refetch(rt: Runtime, call_sid: str, job_id: str, account: str) -> CallRecord:

@@ -22,6 +22,11 @@ from worker.errors import SettingsError
 from worker.redact import MIN_SECRET, mask_url, url_secrets
 
 REGION_HOSTS = {"sg": "https://ccm-api.exotel.com", "in": "https://ccm-api.in.exotel.com"}
+#: v1 (Bulk Call Details) lives on other hosts than the v3 legs API, per region.
+V1_REGION_HOSTS = {"sg": "https://api.exotel.com", "in": "https://api.in.exotel.com"}
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$", re.IGNORECASE)
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_CLOCK_RE = re.compile(r"^\s*([01]?\d|2[0-3]):([0-5]\d)\s*$")
 CALL_SID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _PERIODS = {"second": 1.0, "minute": 60.0, "hour": 3600.0}
 _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(second|minute|hour)s?\s*$", re.IGNORECASE)
@@ -140,6 +145,15 @@ class Settings:
     redis_tls_ca_file: Path | None = None
     sinks: tuple[str, ...] = field(default=("jsonl://./var/calls.jsonl",), repr=False)
     fetch_delay_seconds: float = 30.0
+    fetch_delay_max_seconds: float = 300.0
+    reconcile: bool = True
+    reconcile_recent_every: float = 300.0
+    reconcile_recent_lookback: float = 3600.0
+    reconcile_hourly_every: float = 3600.0
+    reconcile_hourly_lookback: float = 5 * 3600.0
+    reconcile_nightly_at: int = 60  # minutes after midnight, India time
+    reconcile_grace_seconds: float = 60.0
+    reconcile_rate_share: float = 0.1
     retry_base_seconds: float = 5.0
     retry_max_seconds: float = 600.0
     retry_max_attempts: int = 12
@@ -193,6 +207,11 @@ class Settings:
     def exotel_url(self) -> str:
         """Scheme and host (and port) the legs API is called on."""
         return (self.exotel_base_url or REGION_HOSTS[self.exotel_region]).rstrip("/")
+
+    @property
+    def exotel_v1_url(self) -> str:
+        """Scheme and host the v1 Bulk Call Details API is called on."""
+        return (self.exotel_base_url or V1_REGION_HOSTS[self.exotel_region]).rstrip("/")
 
     @property
     def exotel_configured(self) -> bool:
@@ -342,6 +361,76 @@ def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float
     return value
 
 
+def _duration(env: Mapping[str, str], name: str, default: float, *, minimum: float = 1) -> float:
+    """Seconds from ``90``, ``90s``, ``5m``, ``5h`` or ``1d``."""
+    raw = _get(env, name)
+    if raw is None:
+        return default
+    match = _DURATION_RE.match(raw)
+    if not match:
+        raise SettingsError(name, f"expected a duration such as 90s, 5m, 5h or 1d, got {raw!r}")
+    value = float(match.group(1)) * _UNITS[match.group(2).lower()]
+    if value < minimum:
+        raise SettingsError(name, f"must be at least {minimum:g} seconds, got {raw!r}")
+    return value
+
+
+def _switch(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = _get(env, name)
+    if raw is None:
+        return default
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(name, f"expected on or off, got {raw!r}")
+
+
+def _reconcile(env: Mapping[str, str], out: dict[str, Any]) -> None:
+    """The sweeper's tiers; none may look back further than RETENTION_HOURS.
+
+    A call older than retention has lost its dedupe state, so listing it
+    again would deliver it a second time: refused at start-up.
+    """
+    out["fetch_delay_max_seconds"] = _number(env, "FETCH_DELAY_MAX_SECONDS", 300.0)
+    if out["fetch_delay_max_seconds"] < out["fetch_delay_seconds"]:
+        raise SettingsError("FETCH_DELAY_MAX_SECONDS", "must be >= FETCH_DELAY_SECONDS")
+    out["reconcile"] = _switch(env, "RECONCILE", True)
+    out["reconcile_recent_every"] = _duration(env, "RECONCILE_RECENT_EVERY", 300.0)
+    out["reconcile_recent_lookback"] = _duration(env, "RECONCILE_RECENT_LOOKBACK", 3600.0)
+    out["reconcile_hourly_every"] = _duration(env, "RECONCILE_HOURLY_EVERY", 3600.0)
+    out["reconcile_hourly_lookback"] = _duration(env, "RECONCILE_HOURLY_LOOKBACK", 5 * 3600.0)
+    at = _get(env, "RECONCILE_NIGHTLY_AT") or "01:00"
+    clock = _CLOCK_RE.match(at)
+    if not clock:
+        raise SettingsError("RECONCILE_NIGHTLY_AT", f"expected HH:MM (India time), got {at!r}")
+    out["reconcile_nightly_at"] = int(clock.group(1)) * 60 + int(clock.group(2))
+    out["reconcile_grace_seconds"] = _duration(env, "RECONCILE_GRACE", 60.0, minimum=0)
+    share = _number(env, "RECONCILE_RATE_SHARE", 0.1)
+    if not 0 < share <= 0.5:
+        raise SettingsError(
+            "RECONCILE_RATE_SHARE",
+            f"must be above 0 and at most 0.5 (live legs fetches keep the rest), got {share:g}",
+        )
+    out["reconcile_rate_share"] = share
+    retention = out["retention_hours"] * 3600
+    nightly_reach = 86400 + out["reconcile_nightly_at"] * 60 + 3600
+    for name, reach in (
+        ("RECONCILE_RECENT_LOOKBACK", out["reconcile_recent_lookback"]),
+        ("RECONCILE_HOURLY_LOOKBACK", out["reconcile_hourly_lookback"]),
+        ("RECONCILE_NIGHTLY_AT", nightly_reach),
+    ):
+        if out["reconcile"] and reach > retention:
+            raise SettingsError(
+                name,
+                f"reaches back {reach / 3600:g}h, beyond "
+                f"RETENTION_HOURS={out['retention_hours']:g}:"
+                " calls older than retention would be delivered again; raise RETENTION_HOURS"
+                " or shorten the lookback (or RECONCILE=off)",
+            )
+
+
 def _integer(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
     raw = _get(env, name)
     if raw is None:
@@ -471,6 +560,7 @@ def _parse(env: Mapping[str, str]) -> dict[str, Any]:
         raise SettingsError(
             "JOB_LEASE_SECONDS", "must be <= 300 so a killed worker's work returns within 5 minutes"
         )
+    _reconcile(env, out)
     out["circuit_probe_seconds"] = _integer(env, "CIRCUIT_PROBE_SECONDS", 60, minimum=1)
     out["unknown_sink_grace_seconds"] = _number(env, "UNKNOWN_SINK_GRACE_SECONDS", 600.0)
     out["spool_dir"] = Path(_get(env, "SPOOL_DIR") or "./var/spool")

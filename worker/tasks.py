@@ -108,6 +108,18 @@ def _failed(rt: Runtime, job: JobId, attempt: int, err: ExolegsError) -> str:
     decision = decide(err, attempt, rt.settings)
     rt.book.record_error(job_id, err.message)
     context = f"call={job.call_sid} job={job_id} attempt={attempt}"
+    if decision.action == DEAD and job.kind == jobs.FETCH and pipeline.legs_absent(err):
+        # Exotel never had the legs: the callback still says who called and how
+        # it ended, so the sinks get that (legs: unavailable), not a dead letter.
+        record = pipeline.deliver_without_legs(rt, job.call_sid, job.account)
+        rt.book.finish(job_id)
+        if record is not None:
+            log.warning(
+                "%s legs unavailable (%s): delivering the record built from the callback",
+                context,
+                err.message,
+            )
+        return "unavailable"
     if decision.action == DEAD:
         from worker.calls.intake import terminal_callback
 

@@ -106,16 +106,70 @@ def test_permanent_sink_failure_is_dead_lettered_with_its_reason(make_rt) -> Non
     assert letter.callback and letter.callback["CallSid"] == "t3"
 
 
-def test_call_not_found_is_retried_a_few_times_then_dead(make_rt) -> None:  # type: ignore[no-untyped-def]
+def _retry_until_done(rt: Runtime, call_sid: str, rounds: int) -> list[str]:
+    outcomes = []
+    for _ in range(rounds):
+        rt.redis.zadd(keys.JOBS, {jobs.fetch_id(call_sid): 0})
+        outcomes += run_due(rt)
+    return outcomes
+
+
+def test_call_not_found_is_retried_a_few_times_then_delivered_without_legs(make_rt) -> None:  # type: ignore[no-untyped-def]
     rt = make_rt()
     accept(rt, "missing-call")
-    outcomes = []
-    for _ in range(3):
-        rt.redis.zadd(keys.JOBS, {jobs.fetch_id("missing-call"): 0})
-        outcomes += run_due(rt)
-    assert outcomes == ["retry", "retry", "dead"]
-    [letter] = list(rt.dead)
-    assert letter.sink is None and letter.upstream_code == 10744 and letter.attempts == 3
+    assert _retry_until_done(rt, "missing-call", 3) == ["retry", "retry", "unavailable"]
+    assert list(rt.dead) == []
+    assert sorted(run_due(rt)) == ["done", "done"]
+    for bucket in ("a", "b"):
+        [record] = MemorySink.records(bucket)
+        assert record["legs"] == "unavailable" and record["from"] == [] and record["to"] == []
+        assert record["status"] == "completed" and record["source"] == "callback"
+
+
+def test_legs_never_ready_reach_the_sinks_from_the_callback(make_rt, sim: Simulator) -> None:  # type: ignore[no-untyped-def]
+    """10743 until retries run out: the sinks get the callback's record, no dead letter."""
+    rt = make_rt(RETRY_MAX_ATTEMPTS="3")
+    sim.script("late-legs", [{"status": 500, "code": 10743}] * 3)
+    rt.intake.accept(
+        event_from_fields(
+            {
+                "CallSid": "late-legs",
+                "Status": "no-answer",
+                "Direction": "inbound",
+                "From": "09876543210",
+                "DialWhomNumber": "09123456780",
+            }
+        )
+    )
+    assert _retry_until_done(rt, "late-legs", 3) == ["retry", "retry", "unavailable"]
+    assert sorted(run_due(rt)) == ["done", "done"]
+    [record] = MemorySink.records("a")
+    assert record["legs"] == "unavailable" and record["missed"] is True
+    assert record["customer"] == {"contact_uri": "09876543210", "phone_e164": "+919876543210"}
+    assert record["agents"][0]["contact_uri"] == "09123456780"
+    assert rt.dead.count() == 0
+
+
+def test_legs_that_turn_up_later_update_only_sinks_that_update_in_place(  # type: ignore[no-untyped-def]
+    make_rt, sim: Simulator, tmp_path
+) -> None:
+    """memory:// upserts, jsonl:// appends: only the first gets the full record."""
+    path = tmp_path / "calls.jsonl"
+    rt = make_rt(RETRY_MAX_ATTEMPTS="1", SINKS=f"memory://a jsonl://{path}")
+    sim.script("later", [{"status": 500, "code": 10743}])
+    accept(rt, "later")
+    assert run_due(rt) == ["unavailable"]
+    assert sorted(run_due(rt)) == ["done", "done"]
+    # A sweep (or a replay) books the fetch again; this time Exotel has the legs.
+    rt.book.schedule(jobs.fetch_id("later"))
+    assert run_due(rt) == ["done"]
+    assert run_due(rt) == ["done"]  # only the memory sink's delivery was booked
+    [record] = MemorySink.records("a")  # upserted in place
+    assert record["legs"] == "fetched" and (record["from"] or record["to"])
+    assert MemorySink.attempts["a"] == 2
+    lines = path.read_text().splitlines()
+    assert len(lines) == 1 and '"legs":"unavailable"' in lines[0].replace(" ", "")
+    assert rt.book.size() == 0
 
 
 def test_config_fault_opens_the_circuit_parks_and_probes_once(make_rt, sim: Simulator) -> None:  # type: ignore[no-untyped-def]

@@ -18,6 +18,8 @@ or ``event_type``, compared case-insensitively; blank strings count as absent.
 
 | fields                                  | event          | term. | seen in               |
 |-----------------------------------------|----------------|-------|-----------------------|
+| Status = free, or Status = busy with    | agent-<type>-  | no    | agent pass-through,   |
+|   DialWhomNumber (an agent line state)  |   <state>      |       | Connect Dial/Terminal |
 | EventType = terminal                    | terminal       | yes   | v1, CCM, Connect      |
 | EventType = answered / ringing / dial   | that event     | no    | v1 answered (Status   |
 |                                         |                |       | in-progress), Connect |
@@ -36,6 +38,13 @@ or ``event_type``, compared case-insensitively; blank strings count as absent.
 | any other status                        | that status    | no    | in-progress, ringing, |
 |                                         |                |       | queued, free          |
 | no usable status                        | "status"       | no    | when in doubt         |
+
+An agent line hook (Exotel support article 48284 "agent passthru", and the
+Connect applet's Dial/Terminal hooks) reports whether an *agent's* phone is
+ringing (``busy``) or free again (``free``), not how the call ended: it never
+ends the call and its line state is never the call's status (``status`` is
+None). The literal string ``null`` (Passthru sends ``DialCallStatus=null``)
+counts as absent in every field, as blank strings do.
 
 The status is the first usable token among ``Status``, ``DialCallStatus``,
 ``CallStatus``, ``status``, ``call_status``: Passthru's ``DialCallStatus``
@@ -61,9 +70,11 @@ from worker.settings import CALL_SID_RE
 
 __all__ = [
     "CALL_SID_RE",
+    "LINE_STATES",
     "TERMINAL_STATUSES",
     "CallbackError",
     "CallbackEvent",
+    "absent",
     "event_from_fields",
 ]
 
@@ -99,6 +110,8 @@ _DIRECTIONS = {
     "outgoing": "outbound",
 }
 _ALIASES = {"cancelled": "canceled", "noanswer": "no-answer"}
+LINE_STATES = frozenset({"busy", "free"})
+AGENT_KEYS = ("DialWhomNumber",)
 _TOKEN_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 _DIAL_TARGET_RE = re.compile(r"[^0-9A-Za-z+]")
 
@@ -144,9 +157,16 @@ class CallbackEvent:
         return key
 
 
+def absent(value: Any) -> bool:
+    """None, a blank string, or the literal ``null`` Passthru sends for "no value"."""
+    if value is None:
+        return True
+    return isinstance(value, str) and (not value.strip() or value.strip().lower() == "null")
+
+
 def _token(value: Any) -> str | None:
     """A short lower-case token, or None when the value is absent or not token-like."""
-    if not isinstance(value, str):
+    if not isinstance(value, str) or absent(value):
         return None
     text = value.strip().lower().replace("_", "-").replace(" ", "-")
     text = _ALIASES.get(text, text)
@@ -154,13 +174,23 @@ def _token(value: Any) -> str | None:
 
 
 def _first_present(fields: Mapping[str, Any], keys: tuple[str, ...]) -> tuple[bool, Any]:
-    """The first value that is neither None nor an empty/blank string."""
+    """The first value that is neither None, blank, nor the literal ``null``."""
     for key in keys:
         value = fields.get(key)
-        if value is None or (isinstance(value, str) and not value.strip()):
+        if absent(value):
             continue
         return True, value
     return False, None
+
+
+def _line_state(fields: Mapping[str, Any]) -> str | None:
+    """``busy``/``free`` when this is an agent line hook, else None (see the table)."""
+    state = _token(fields.get("Status"))
+    if state == "free":
+        return state
+    if state == "busy" and any(not absent(fields.get(key)) for key in AGENT_KEYS):
+        return state
+    return None
 
 
 def _shown(value: Any) -> str:
@@ -172,7 +202,7 @@ def _shown(value: Any) -> str:
 def _call_sid(fields: Mapping[str, Any]) -> str:
     for key in SID_KEYS:
         value = fields.get(key)
-        if value is None:
+        if value is None or (isinstance(value, str) and value.strip().lower() == "null"):
             continue
         if isinstance(value, str) and CALL_SID_RE.fullmatch(value):
             return value
@@ -208,6 +238,18 @@ def _classify(fields: Mapping[str, Any], status: str | None) -> tuple[str, bool]
 def event_from_fields(fields: Mapping[str, Any]) -> CallbackEvent:
     """Normalise one callback's fields; raises CallbackError only for a bad call sid."""
     call_sid = _call_sid(fields)
+    line = _line_state(fields)
+    if line is not None:
+        _, raw_event = _first_present(fields, EVENT_KEYS)
+        kind = _token(raw_event) or "line"
+        return CallbackEvent(
+            call_sid=call_sid,
+            event=f"agent-{kind}-{line}",
+            status=None,
+            terminal=False,
+            direction=_direction(fields),
+            fields=dict(fields),
+        )
     status = next((t for t in map(_token, map(fields.get, STATUS_KEYS)) if t), None)
     event, terminal = _classify(fields, status)
     return CallbackEvent(

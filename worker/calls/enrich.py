@@ -11,8 +11,23 @@ Decisions the contract (DESIGN.md) leaves open, made here:
 
 - Times: Exotel sends ``2020-09-15 11:01:20+05:30``; the record keeps the
   instant and its offset (``2020-09-15T11:01:20+05:30``). A time without an
-  offset is taken as UTC, since nothing in the legs body says otherwise.
-  Unparseable times, and bare dates, become null.
+  offset is India time (Asia/Kolkata): v1 callbacks and Call Details send
+  their times that way. Passthru's placeholder ``1970-01-01 05:30:00`` (its
+  ``EndTime`` is always that, per Exotel's Passthru support article 48283)
+  and any time before 2000 are ignored, as are unparseable times and bare dates.
+- The callback fills what the legs lack: start and end from ``StartTime`` /
+  ``EndTime`` (``DateCreated``/``DateUpdated`` in a Bulk Call Details
+  listing), the duration from them or from ``Duration``, ``DialCallDuration``,
+  ``ConversationDuration`` or the longest ``Legs[n][OnCallDuration]``.
+- Status: the callback's status when it is one of Exotel's call outcomes
+  (v1 and CCM vocabularies); otherwise (an agent line state such as
+  ``free``, or none) the outcome is read from the legs: ``completed`` when an
+  agent answered, else the customer leg's status.
+- Without legs (``legs: unavailable``: the legs API never had them), the
+  record is the callback's: the customer is ``From`` for an inbound call and
+  ``To`` otherwise, the agent is ``DialWhomNumber``, and the call was answered
+  when its outcome is ``completed`` and neither ``Leg2Status`` nor a zero
+  ``ConversationDuration``/``DialCallDuration`` says otherwise.
 - Phone numbers: only a string made of digits and ``+ - . ( )`` and spaces
   (optionally ``tel:``-prefixed) is parsed, and only a number `phonenumbers`
   calls valid gets an E.164 value. Masked numbers such as ``0987xxxxxxx`` are
@@ -35,15 +50,48 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from functools import lru_cache
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import phonenumbers
 
+from worker.calls.provenance import Legs, Source
 from worker.errors import PermanentError
 
 SCHEMA_ID = "exolegs.call/v1"
+INDIA = ZoneInfo("Asia/Kolkata")
+#: Any time before this is a placeholder, not an instant (Passthru sends 1970-01-01 05:30:00).
+_EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+#: Exotel's words for how a call ended (v1 and CCM); anything else is not an outcome.
+OUTCOMES = frozenset(
+    {
+        "completed",
+        "failed",
+        "busy",
+        "no-answer",
+        "canceled",
+        "cancelled",
+        "agent-unanswered",
+        "customer-unanswered",
+        "agent-cancelled",
+        "from-leg-unanswered",
+        "to-leg-unanswered",
+        "from-leg-cancelled",
+        "to-leg-no-dial",
+        "from-leg-no-dial",
+    }
+)
+_START_KEYS = ("StartTime", "start_time", "DateCreated")
+_END_KEYS = ("EndTime", "end_time", "DateUpdated")
+_DURATION_KEYS = ("Duration", "DialCallDuration", "ConversationDuration", "duration")
+_TALK_KEYS = ("ConversationDuration", "DialCallDuration")
+_CUSTOMER_KEYS_IN = ("From", "CallFrom")
+_CUSTOMER_KEYS_OUT = ("To", "CallTo")
+_AGENT_KEYS = ("DialWhomNumber",)
 
 _INBOUND = frozenset({"inbound", "incoming"})
 _OUTBOUND = frozenset({"outbound", "outbound-api", "outbound-dial", "outgoing"})
@@ -96,12 +144,15 @@ def build_record(
     fetched_at: datetime,
     direction: str | None = None,
     status: str | None = None,
+    source: Source = Source.CALLBACK,
+    legs_state: Legs = Legs.FETCHED,
 ) -> dict[str, Any]:
     """Build the `exolegs.call/v1` record for one call.
 
-    ``legs`` is ``response.leg_details``; ``callback`` the callback fields as
-    received. ``direction``/``status`` are the caller's normalised values;
-    when None they are derived from the callback.
+    ``legs`` is ``response.leg_details`` (empty when ``legs_state`` is
+    unavailable); ``callback`` the callback fields as received.
+    ``direction``/``status`` are the caller's normalised values; when None
+    they are derived from the callback.
     """
     details: Mapping[str, Any] = legs if isinstance(legs, Mapping) else {}
     fields: Mapping[str, Any] = callback if isinstance(callback, Mapping) else {}
@@ -126,12 +177,43 @@ def build_record(
 
     starts = [start for _, start, _ in from_built + to_built if start is not None]
     ends = [end for _, _, end in from_built + to_built if end is not None]
-    first_start = min(starts) if starts else None
-    last_end = max(ends) if ends else None
+    first_start = min(starts) if starts else _parse_exotel_time(_first(fields, _START_KEYS))
+    last_end = max(ends) if ends else _parse_exotel_time(_first(fields, _END_KEYS))
+    duration = _seconds(first_start, last_end)
+    if duration is None:
+        duration = _callback_duration(fields)
+    if last_end is None and first_start is not None and duration is not None:
+        last_end = first_start + timedelta(seconds=duration)
 
-    record_status = _lower(status) if status is not None else None
-    if record_status is None:
-        record_status = _lower(_first(fields, _STATUS_KEYS))
+    record_status = _outcome(status) or _outcome(_first(fields, _STATUS_KEYS))
+    if record_status is None and all_legs:
+        customer_status = customer_leg["status"] if customer_leg else None
+        record_status = "completed" if answered else _outcome(customer_status)
+
+    agents = [
+        {
+            "name": leg["name"],
+            "contact_uri": leg["contact_uri"],
+            "status": leg["status"],
+            "group_name": leg["group_name"],
+        }
+        for leg in agent_legs
+    ]
+    answered_by = (
+        {"sid": answered["sid"], "name": answered["name"], "contact_uri": answered["contact_uri"]}
+        if answered
+        else None
+    )
+    missed = answered is None
+    customer = (
+        {"contact_uri": customer_leg["contact_uri"], "phone_e164": customer_leg["phone_e164"]}
+        if customer_leg
+        else None
+    )
+    if not all_legs:
+        customer, agents, answered_by, missed = _from_callback(
+            fields, record_direction, record_status, country
+        )
 
     return {
         "schema": SCHEMA_ID,
@@ -142,41 +224,105 @@ def build_record(
         "status": record_status,
         "from": from_legs,
         "to": to_legs,
-        "customer": (
-            {
-                "contact_uri": customer_leg["contact_uri"],
-                "phone_e164": customer_leg["phone_e164"],
-            }
-            if customer_leg
-            else None
-        ),
-        "agents": [
-            {
-                "name": leg["name"],
-                "contact_uri": leg["contact_uri"],
-                "status": leg["status"],
-                "group_name": leg["group_name"],
-            }
-            for leg in agent_legs
-        ],
-        "answered_by": (
-            {
-                "sid": answered["sid"],
-                "name": answered["name"],
-                "contact_uri": answered["contact_uri"],
-            }
-            if answered
-            else None
-        ),
-        "missed": answered is None,
+        "customer": customer,
+        "agents": agents,
+        "answered_by": answered_by,
+        "missed": missed,
         "started_at": _iso(first_start),
         "ended_at": _iso(last_end),
-        "duration_seconds": _seconds(first_start, last_end),
+        "duration_seconds": duration,
         "recording_url": _optional_text(_first(fields, _RECORDING_KEYS)),
         "custom_field": _optional_text(_first(fields, _CUSTOM_FIELD_KEYS)),
         "callback": _jsonable(fields) if fields else {},
         "fetched_at": _utc_iso(fetched_at),
+        "source": Source(source).value,
+        "legs": Legs(legs_state).value,
     }
+
+
+def _outcome(value: Any) -> str | None:
+    """A call outcome in Exotel's vocabulary, lower-cased; None for anything else."""
+    text = _lower(value)
+    if text is None:
+        return None
+    text = text.replace("_", "-").replace(" ", "-")
+    text = {"cancelled": "canceled"}.get(text, text)
+    return text if text in OUTCOMES else None
+
+
+def _number(value: Any) -> int | None:
+    """Whole non-negative seconds from Exotel's ``"17"``/``17``; None otherwise."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float) and value == value and 0 <= value < 10**7:
+        return int(value)
+    text = _text(value)
+    if text is None:
+        return None
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return int(number) if 0 <= number < 10**7 else None
+
+
+def _callback_duration(fields: Mapping[str, Any]) -> int | None:
+    """The first duration the callback states; else the longest leg's OnCallDuration."""
+    for key in _DURATION_KEYS:
+        seconds = _number(fields.get(key))
+        if seconds is not None:
+            return seconds
+    legs = fields.get("Legs")
+    if isinstance(legs, Mapping):
+        legs = list(legs.values())
+    if isinstance(legs, list):
+        found = [_number(leg.get("OnCallDuration")) for leg in legs if isinstance(leg, Mapping)]
+        known = [seconds for seconds in found if seconds is not None]
+        if known:
+            return max(known)
+    return None
+
+
+def _from_callback(
+    fields: Mapping[str, Any], direction: str | None, status: str | None, country: str
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]], dict[str, Any] | None, bool]:
+    """(customer, agents, answered_by, missed) from the callback alone (no legs)."""
+    keys = _CUSTOMER_KEYS_IN if direction == "inbound" else _CUSTOMER_KEYS_OUT
+    customer_uri = _optional_text(_first(fields, keys))
+    customer = (
+        {
+            "contact_uri": customer_uri,
+            "phone_e164": to_e164(customer_uri, country)
+            if _kind(customer_uri) == "pstn"
+            else None,
+        }
+        if customer_uri
+        else None
+    )
+    answered = status == "completed"
+    leg2 = _outcome(fields.get("Leg2Status"))
+    if leg2 is not None:
+        answered = answered and leg2 == "completed"
+    talk = next(
+        (s for s in (_number(fields.get(key)) for key in _TALK_KEYS) if s is not None), None
+    )
+    if talk == 0:
+        answered = False
+    agent_uri = _optional_text(_first(fields, _AGENT_KEYS))
+    agents: list[dict[str, Any]] = []
+    answered_by = None
+    if agent_uri:
+        agents.append(
+            {
+                "name": None,
+                "contact_uri": agent_uri,
+                "status": "completed" if answered else status,
+                "group_name": None,
+            }
+        )
+        if answered:
+            answered_by = {"sid": None, "name": None, "contact_uri": agent_uri}
+    return customer, agents, answered_by, not answered
 
 
 def _leg(
@@ -265,7 +411,7 @@ def to_e164(contact_uri: str | None, country: str) -> str | None:
 
 
 def _parse_exotel_time(value: Any) -> datetime | None:
-    """An aware datetime from Exotel's time text; naive means UTC; junk means None."""
+    """An aware datetime from Exotel's time text; naive means India time; junk means None."""
     if not isinstance(value, str):
         return None
     text = value.strip()
@@ -276,7 +422,14 @@ def _parse_exotel_time(value: Any) -> datetime | None:
     except ValueError:
         return None
     if parsed.tzinfo is None or parsed.utcoffset() is None:
-        return parsed.replace(tzinfo=UTC)
+        parsed = parsed.replace(tzinfo=INDIA)
+    try:
+        if parsed < _EARLIEST:
+            return None  # a placeholder such as Passthru's 1970-01-01 05:30:00
+    except (OverflowError, ValueError):
+        return None
+    if isinstance(parsed.tzinfo, ZoneInfo):
+        return parsed.replace(tzinfo=timezone(parsed.utcoffset() or timedelta(0)))
     offset = parsed.utcoffset() or timedelta(0)
     if offset.seconds % 60 or offset.microseconds:
         # an offset RFC 3339 cannot spell: keep the instant, in UTC
@@ -319,11 +472,14 @@ def _leg_list(value: Any) -> list[Mapping[str, Any]]:
 
 
 def _first(fields: Mapping[str, Any], keys: tuple[str, ...]) -> Any:
-    """The first of ``keys`` with a non-blank value."""
+    """The first of ``keys`` with a value that is not blank nor the literal ``null``."""
     for key in keys:
         value = fields.get(key)
-        if value is not None and not (isinstance(value, str) and not value.strip()):
-            return value
+        if value is None or (
+            isinstance(value, str) and (not value.strip() or value.strip().lower() == "null")
+        ):
+            continue
+        return value
     return None
 
 
@@ -345,6 +501,7 @@ def _lower(value: Any) -> str | None:
 
 
 def _optional_text(value: Any) -> str | None:
+    """Text, with ``""`` and the literal ``null`` (Passthru sends it) as absent."""
     text = _text(value)
     return None if text is None or text.lower() == "null" else text
 

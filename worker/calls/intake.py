@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from worker import jobs, keys, metrics
-from worker.calls import timeline
+from worker.calls import readiness, timeline
+from worker.calls.provenance import Source
 from worker.settings import DEFAULT_ACCOUNT
 
 if TYPE_CHECKING:
@@ -20,12 +22,16 @@ if TYPE_CHECKING:
 
     from worker.calls.callbacks import CallbackEvent
 
-# KEYS: call hash, jobs, the call's timeline, then metrics.bucket_keys(). ARGV:
-# retention, callback json, terminal, fetch job id, delay, event key, direction,
-# timeline entry, timeline cap, the "accepted" and "duplicate" counter fields.
+# KEYS: call hash, jobs, the call's timeline, then metrics.bucket_keys(), then
+# the adaptive fetch delay. ARGV: retention, callback json, terminal, fetch job
+# id, delay, event key, direction, timeline entry, timeline cap, the "accepted"
+# and "duplicate" counter fields, source, adaptive.
 # Everything about a call lives in its one hash: "seen:<event>" marks each event
 # once, "fetch" that its legs fetch was booked, "terminal" holds the terminal
-# callback, "event:<event>" any other one, "received_at" the first callback's time.
+# callback, "event:<event>" any other one, "received_at" the first callback's
+# time, "source" how the call reached us and "terminal_at" when its end was
+# first heard of. With "adaptive", the fetch waits the larger of the delay and
+# the one legs readiness has raised (worker.calls.readiness).
 # Returns 0 duplicate, 1 accepted, 2 accepted and a fetch was booked.
 _ACCEPT = (
     metrics.LUA
@@ -43,7 +49,13 @@ if ARGV[7] ~= '' then redis.call('HSETNX', KEYS[1], 'direction', ARGV[7]) end
 if ARGV[3] == '1' then
   redis.call('HSET', KEYS[1], 'terminal', ARGV[2])
   if redis.call('HSETNX', KEYS[1], 'fetch', '1') == 1 then
-    redis.call('ZADD', KEYS[2], 'NX', now + tonumber(ARGV[5]), ARGV[4])
+    local delay = tonumber(ARGV[5])
+    if ARGV[13] == '1' then
+      local raised = tonumber(redis.call('GET', KEYS[7]) or '0') or 0
+      if raised > delay then delay = raised end
+    end
+    redis.call('HSET', KEYS[1], 'source', ARGV[12], 'terminal_at', tostring(now))
+    redis.call('ZADD', KEYS[2], 'NX', now + delay, ARGV[4])
     result = 2
   end
 else
@@ -72,8 +84,20 @@ class Intake:
         self.fetch_delay = fetch_delay
         self._accept = redis.register_script(_ACCEPT)
 
-    def accept(self, event: CallbackEvent, account: str = DEFAULT_ACCOUNT) -> Accepted:
-        """Remember the callback in ``account``'s namespace and book its fetch there."""
+    def accept(
+        self,
+        event: CallbackEvent,
+        account: str = DEFAULT_ACCOUNT,
+        *,
+        source: Source = Source.CALLBACK,
+        fetch_delay: float | None = None,
+    ) -> Accepted:
+        """Remember the event in ``account``'s namespace; a terminal one books the call's fetch.
+
+        A callback's fetch waits FETCH_DELAY_SECONDS, or longer when legs
+        readiness raised it. The sweeper and backfill find calls that ended a
+        while ago and pass their own ``fetch_delay``.
+        """
         sid = event.call_sid
         payload = json.dumps(
             {"event": event.event, "status": event.status, "fields": event.fields},
@@ -87,13 +111,14 @@ class Intake:
                     keys.JOBS,
                     timeline.key(sid, account),
                     *metrics.bucket_keys(),
+                    readiness.DELAY_KEY,
                 ],
                 args=[
                     self.retention_seconds,
                     payload,
                     "1" if event.terminal else "0",
                     jobs.fetch_id(sid, account),
-                    self.fetch_delay,
+                    self.fetch_delay if fetch_delay is None else fetch_delay,
                     event.dedupe_key,
                     event.direction or "",
                     timeline.dumps(
@@ -106,10 +131,54 @@ class Intake:
                     timeline.CAP,
                     _ACCEPTED,
                     _DUPLICATE,
+                    Source(source).value,
+                    "1" if fetch_delay is None else "0",
                 ],
             )
         )
         return Accepted(duplicate=result == 0, fetch_booked=result == 2)
+
+    def known(
+        self, call_sids: list[str], account: str = DEFAULT_ACCOUNT
+    ) -> dict[str, CallState]:
+        """What exolegs already has of each call (one round trip); absent: never booked."""
+        pipe = self.redis.pipeline(transaction=False)
+        for sid in call_sids:
+            pipe.hmget(keys.call(sid, account), ["fetch", "legs_unavailable"])
+        found: dict[str, CallState] = {}
+        for sid, (booked, unavailable) in zip(call_sids, pipe.execute(), strict=True):
+            if booked:
+                found[sid] = CallState.LEGS_UNAVAILABLE if unavailable else CallState.BOOKED
+        return found
+
+
+class CallState(StrEnum):
+    """What the sweeper needs to know of a listed call exolegs has seen."""
+
+    BOOKED = "booked"  # its fetch is booked or done
+    LEGS_UNAVAILABLE = "legs-unavailable"  # delivered from its callback; legs may turn up
+
+
+def mark_legs_unavailable(redis: Redis, call_sid: str, account: str = DEFAULT_ACCOUNT) -> None:
+    redis.hset(keys.call(call_sid, account), "legs_unavailable", "1")
+
+
+def upgrade_sinks(
+    pipe: Any, call_sid: str, sinks: list[str], account: str = DEFAULT_ACCOUNT
+) -> None:
+    """Queue on ``pipe``: these sinks get the full record again once its legs turned up."""
+    key = keys.call(call_sid, account)
+    if sinks:
+        pipe.hset(key, mapping={f"upgrade:{name}": "1" for name in sinks})
+    pipe.hdel(key, "legs_unavailable")
+
+
+def pending_upgrade(redis: Redis, call_sid: str, sink: str, account: str = DEFAULT_ACCOUNT) -> bool:
+    return bool(redis.hexists(keys.call(call_sid, account), f"upgrade:{sink}"))
+
+
+def upgraded(redis: Redis, call_sid: str, sink: str, account: str = DEFAULT_ACCOUNT) -> None:
+    redis.hdel(keys.call(call_sid, account), f"upgrade:{sink}")
 
 
 # KEYS: call hash. ARGV: terminal json, direction, retention. Puts back a
@@ -188,3 +257,26 @@ def call_summary(redis: Redis, call_sid: str, account: str = DEFAULT_ACCOUNT) ->
         "direction": fields.get("direction"),
         "callbacks": callbacks,
     }
+
+
+@dataclass(frozen=True)
+class CallFacts:
+    """What the record needs from the call's hash besides the callback itself."""
+
+    source: Source
+    terminal_at: float | None
+
+
+def call_facts(redis: Redis, call_sid: str, account: str = DEFAULT_ACCOUNT) -> CallFacts:
+    raw_source, raw_at = redis.hmget(keys.call(call_sid, account), ["source", "terminal_at"])
+    text = raw_source.decode() if isinstance(raw_source, bytes) else raw_source
+    try:
+        source = Source(text) if text else Source.CALLBACK
+    except ValueError:
+        source = Source.CALLBACK
+    return CallFacts(source, float(raw_at) if raw_at else None)
+
+
+def first_fetch(redis: Redis, call_sid: str, account: str = DEFAULT_ACCOUNT) -> bool:
+    """True only the first time it is asked for a call: was this its first legs fetch?"""
+    return bool(redis.hsetnx(keys.call(call_sid, account), "fetch_tried", "1"))

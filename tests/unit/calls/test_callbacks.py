@@ -69,8 +69,16 @@ FIXTURE_CASES = [
         True,
         "inbound",
     ),
-    ("connect_dial.json", "4f1e2d3c4b5a69788796a5b4c3d2e1f0", "dial", "busy", False, None),
-    ("connect_terminal.query", "4f1e2d3c4b5a69788796a5b4c3d2e1f0", "terminal", "free", True, None),
+    # Connect-applet hooks report the agent's line, never the call's outcome
+    ("connect_dial.json", "4f1e2d3c4b5a69788796a5b4c3d2e1f0", "agent-dial-busy", None, False, None),
+    (
+        "connect_terminal.query",
+        "4f1e2d3c4b5a69788796a5b4c3d2e1f0",
+        "agent-terminal-free",
+        None,
+        False,
+        None,
+    ),
     ("ccm_terminal.json", "b6f0d2c4e8a1437f9c5d2e7a1b3c4d5e", "terminal", None, True, None),
     ("ccm_answered.json", "b6f0d2c4e8a1437f9c5d2e7a1b3c4d5e", "answered", None, False, None),
 ]
@@ -138,8 +146,8 @@ def test_passthru_fixture_as_get_query_is_the_same_event() -> None:
         ({"Status": "busy", "EventType": "dial"}, "dial", "busy", False),
         ({"Status": "busy", "EventType": "Ringing"}, "ringing", "busy", False),
         ({"Status": "busy", "EventType": "Answered"}, "answered", "busy", False),
-        ({"Status": "free", "EventType": "Terminal"}, "terminal", "free", True),
-        ({"Status": "free"}, "free", "free", False),
+        ({"Status": "free", "EventType": "Terminal"}, "agent-terminal-free", None, False),
+        ({"Status": "free"}, "agent-line-free", None, False),
         # Passthru
         ({"DialCallStatus": "completed", "CallType": "completed"}, "terminal", "completed", True),
         ({"DialCallStatus": "canceled", "CallType": "client-hangup"}, "terminal", "canceled", True),
@@ -341,8 +349,8 @@ def test_dial_events_to_different_agents_are_different_events() -> None:
 
 def test_dedupe_key_is_safe_for_a_redis_key() -> None:
     ev = event(Status="busy", EventType="Dial", DialWhomNumber="+91 99:99\n\x00" + "9" * 100)
-    assert ev.dedupe_key == f"{SID}:dial:busy:+9199" + "9" * 27
-    terminal = event(Status="busy", DialWhomNumber="0999")
+    assert ev.dedupe_key == f"{SID}:agent-dial-busy:-:+9199" + "9" * 27
+    terminal = event(Status="busy")
     assert terminal.dedupe_key == f"{SID}:terminal:busy"
 
 

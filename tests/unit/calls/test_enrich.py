@@ -230,7 +230,7 @@ def test_docs_example_without_direction_follows_the_group_key_rule() -> None:
     assert record["direction"] == "inbound"
     assert [leg["role"] for leg in record["to"]] == ["agent"]
     assert record["callback"] == {}
-    assert record["status"] is None
+    assert record["status"] == ("completed" if record["answered_by"] else record["to"][0]["status"])
     assert record["recording_url"] is None
 
 
@@ -303,12 +303,26 @@ def test_direction_from_the_callback(value: Any, expected: str | None) -> None:
         ({"call_sid": CALL_SID, "event_type": "terminal", "status": "failed"}, "failed"),
         ({"Status": "", "DialCallStatus": "canceled"}, "canceled"),
         ({"Status": "  ", "CallStatus": "busy"}, "busy"),
-        ({}, None),
-        (None, None),
+        ({"DialCallStatus": "null", "CallStatus": "completed"}, "completed"),
     ],
 )
 def test_status_from_the_callback(callback: dict[str, Any] | None, expected: str | None) -> None:
     assert build(seed_legs(), callback)["status"] == expected
+
+
+@pytest.mark.parametrize("callback", [{}, None, {"Status": "free"}, {"Status": "null"}])
+def test_without_an_outcome_in_the_callback_the_legs_say_how_the_call_ended(
+    callback: dict[str, Any] | None,
+) -> None:
+    """A line state (free) or nothing is never the call's status: the legs decide."""
+    answered = build(seed_legs(), callback)
+    assert answered["answered_by"] is not None
+    assert answered["status"] == "completed"
+    nobody = _plain_leg("a1", status="no-answer", group_id="g")
+    customer = _plain_leg("c1", status="canceled")
+    record = build({"call_sid": CALL_SID, "from": [customer], "to": [nobody]}, callback)
+    assert record["missed"] is True
+    assert record["status"] == "canceled"
 
 
 # --- callback fields ----------------------------------------------------------
@@ -366,10 +380,11 @@ def test_fetched_at_is_utc_with_offset() -> None:
     assert naive["fetched_at"] == "2020-09-15T06:00:00+00:00"
 
 
-def test_naive_times_are_utc() -> None:
+def test_naive_times_are_india_time() -> None:
+    """Exotel's v1 times carry no offset and are IST."""
     leg = _plain_leg("t1", date_created="2020-09-15 05:31:20", date_updated="2020-09-15 05:32:00")
     record = build({"call_sid": CALL_SID, "from": [], "to": [leg]}, None)
-    assert record["to"][0]["started_at"] == "2020-09-15T05:31:20+00:00"
+    assert record["to"][0]["started_at"] == "2020-09-15T05:31:20+05:30"
     assert record["to"][0]["duration_seconds"] == 40
 
 

@@ -11,6 +11,7 @@ from worker.jobs.circuit import Circuit, open_circuits
 from worker.runtime import Runtime
 
 SAFE = {"maxmemory_policy": "noeviction", "persistence": "aof", "wiped": False, "problems": 0}
+DELAY = {"fetch_delay_seconds": 0.0, "fetch_delay_raised": False}  # FETCH_DELAY_SECONDS=0
 SECRET_URL = "https://hooks.example.com/private/path?secret=whsec_abcdef123456"
 
 
@@ -31,13 +32,14 @@ def test_without_details_only_status_and_counts(
     client = make_app().test_client()
     assert client.get("/readyz").get_json() == {
         "status": "ok", "redis": "ok", "open_circuits": 0, "spooled": 0, "redis_safety": SAFE,
+        **DELAY,
     }
     open_one(redis_client)
     answer = client.get("/readyz")
     assert answer.status_code == 200
     assert answer.get_json() == {
         "status": "degraded", "redis": "ok", "open_circuits": 1, "spooled": 0,
-        "redis_safety": SAFE,
+        "redis_safety": SAFE, **DELAY,
     }
     text = answer.get_data(as_text=True)
     for leak in ("hooks.example.com", "private", "whsec", "CA-secret-sid", "crm-bridge", "401"):
@@ -89,7 +91,7 @@ def test_readyz_costs_the_same_few_commands_with_100k_unrelated_keys(
     body = client.get("/readyz").get_json()
     used = commands_run(redis_client) - before
     assert body["open_circuits"] == 1
-    assert used <= 3, used  # PING, SMEMBERS, MGET; the safety look is cached
+    assert used <= 3, used  # PING, SMEMBERS, MGET; the safety look and the fetch delay are cached
 
 
 def test_an_evicting_redis_makes_readyz_degraded(
