@@ -5,8 +5,12 @@ URL: ``hubspot://?token=pat-…[&id_property=exotel_call_sid][&agents=/path/agen
 is the API host (``hubspot://api-eu1.hubapi.com?token=…``); ``base`` overrides
 scheme and host (tests, proxies).
 
-- Auth: a private-app token as ``Authorization: Bearer``; scopes
-  ``crm.objects.calls.write``/``.read`` and ``crm.objects.contacts.read``.
+- Auth: a private-app token as ``Authorization: Bearer``, with the scopes
+  HubSpot's calls guide lists (:data:`SCOPES`): ``crm.objects.contacts.read``
+  and ``crm.objects.contacts.write``.
+- Properties: ``GET /crm/v3/properties/calls`` says which call properties
+  the portal has (and whether ``id_property`` is unique); properties it
+  lacks are left out, read once an hour per process.
 - Contact: ``POST /crm/v3/objects/contacts/search`` on ``phone`` OR
   ``mobilephone`` IN the customer's number in several formats (E.164,
   national, 0-prefixed, digits); the oldest match gets the call (association
@@ -43,8 +47,9 @@ from worker.errors import (
     TransientError,
 )
 from worker.settings import Rate
-from worker.sinks.base import CallRecord, SinkContext
+from worker.sinks.base import CallRecord, CheckFailed, SinkContext
 from worker.sinks.crm import (
+    OUTCOMES,
     CrmSink,
     call_direction,
     call_outcome,
@@ -59,10 +64,17 @@ from worker.sinks.crm import (
     summary_html,
     talk_seconds,
 )
+from worker.sinks.crm.fields import FieldCache, FieldInfo, FieldSpec, resolve
+from worker.sinks.crm.phone import agent_phone
 
 DEFAULT_BASE = "https://api.hubapi.com"
 CALL_TO_CONTACT = 194  # HUBSPOT_DEFINED association type: call -> contact
 _RECORDING_SUFFIXES = (".mp3", ".wav")
+#: The scopes HubSpot's calls guide lists for the calls API
+#: (https://developers.hubspot.com/docs/api/crm/calls, "Scope requirements").
+SCOPES = ("crm.objects.contacts.read", "crm.objects.contacts.write")
+APP_INFO_PATH = "/oauth/v2/private-apps/get/access-token-info"  # what a private app may do
+_APP_SETTINGS = "HubSpot Settings > Integrations > Private Apps > your app > Scopes"
 
 
 class HubSpotSink(CrmSink):
@@ -84,6 +96,63 @@ class HubSpotSink(CrmSink):
         if self.id_property:
             # HubSpot dedupes on the unique property: a repeat is an update.
             self.native_idempotency = True  # type: ignore[misc]
+        self.field_cache = FieldCache(
+            self.field_specs(), self.read_properties, what="HubSpot calls"
+        )
+
+    def field_specs(self) -> list[FieldSpec]:
+        """The call properties written; optional ones are left out where a portal lacks them."""
+        statuses = tuple(dict.fromkeys(o.hubspot_status for o in OUTCOMES.values()))
+        specs = [
+            FieldSpec("hs_timestamp", ("hs_timestamp",)),
+            FieldSpec("hs_call_title", ("hs_call_title",)),
+            FieldSpec("hs_call_body", ("hs_call_body",)),
+            FieldSpec("hs_call_direction", ("hs_call_direction",), values=("INBOUND", "OUTBOUND")),
+            FieldSpec("hs_call_status", ("hs_call_status",), values=statuses),
+            FieldSpec("hs_call_duration", ("hs_call_duration",)),
+        ]
+        specs += [
+            FieldSpec(name, (name,), required=False)
+            for name in (
+                "hs_call_disposition",
+                "hs_call_from_number",
+                "hs_call_to_number",
+                "hs_call_recording_url",
+                "hubspot_owner_id",
+            )
+        ]
+        if self.id_property:
+            specs.append(
+                FieldSpec(
+                    "id_property",
+                    (self.id_property,),
+                    fix="in HubSpot Settings > Properties > Call properties, create it as a "
+                    "single-line text property that requires unique values (hasUniqueValue), "
+                    "or drop ?id_property= from the hubspot:// URL",
+                )
+            )
+        return specs
+
+    def read_properties(self) -> dict[str, FieldInfo]:
+        """The portal's call properties, from the properties API."""
+        found = self._call("GET", "/crm/v3/properties/calls", what="calls properties read")
+        rows = found.get("results") if isinstance(found, dict) else None
+        fields: dict[str, FieldInfo] = {}
+        for row in rows if isinstance(rows, list) else []:
+            if not isinstance(row, dict) or not row.get("name"):
+                continue
+            options = row.get("options")
+            meta = row.get("modificationMetadata") or {}
+            fields[str(row["name"])] = FieldInfo(
+                str(row["name"]),
+                kind=str(row.get("type") or ""),
+                options=tuple(str(o.get("value")) for o in options if isinstance(o, dict))
+                if isinstance(options, list) and options and row.get("type") == "enumeration"
+                else None,
+                writable=not (isinstance(meta, dict) and meta.get("readOnlyValue")),
+                unique=bool(row.get("hasUniqueValue")),
+            )
+        return fields
 
     # ----------------------------------------------------------------- HTTP
     def _call(self, method: str, path: str, *, what: str, body: Any = None) -> Any:
@@ -127,15 +196,18 @@ class HubSpotSink(CrmSink):
         if status == 401:
             return ConfigFaultError(
                 f"HubSpot rejected the private-app token: {message} ({what}). Create a "
-                "private-app token with crm.objects.calls.write/read and "
-                "crm.objects.contacts.read and update the hubspot:// URL in SINKS",
+                f"private-app token with the scopes {' and '.join(SCOPES)} and update the "
+                "hubspot:// URL in SINKS",
                 upstream_status=status,
                 upstream_code=category or None,
             )
         if status == 403:
+            missing = _required_scopes(data)
+            needed = f"the scope {' or '.join(missing)}" if missing else "a scope it needs"
             return ConfigFaultError(
-                f"{shown}: the private-app token is not allowed to do this ({message}); give "
-                "it the crm.objects.calls.write/read and crm.objects.contacts.read scopes",
+                f"{shown} {category or ''}".rstrip()
+                + f": the private app lacks {needed} for the {what}; in {_APP_SETTINGS}, "
+                f"tick {' and '.join(SCOPES)}",
                 upstream_status=status,
                 upstream_code=category or None,
             )
@@ -162,7 +234,7 @@ class HubSpotSink(CrmSink):
         if outcome.hubspot_disposition:
             props["hs_call_disposition"] = outcome.hubspot_disposition
         customer = customer_phone(record, self.default_country)
-        agent = self._agent_number(record)
+        agent = agent_phone(record, self.default_country)  # never a SIP URI
         caller, callee = (
             (customer.e164 if customer else None, agent)
             if direction == "inbound"
@@ -178,17 +250,8 @@ class HubSpotSink(CrmSink):
         owner = self.owner_id(record)
         if owner:
             props["hubspot_owner_id"] = owner
-        return props
-
-    def _agent_number(self, record: CallRecord) -> str | None:
-        agent = record.get("answered_by") or next(iter(record.get("agents") or []), None)
-        if not isinstance(agent, dict):
-            return None
-        for leg in [*(record.get("from") or []), *(record.get("to") or [])]:
-            if leg.get("contact_uri") == agent.get("contact_uri"):
-                value = leg.get("phone_e164") or leg.get("contact_uri")
-                return str(value) if value else None
-        return None
+        names = self.field_cache.get()
+        return {name: value for name, value in props.items() if names.name(name)}
 
     # ------------------------------------------------------------- lookups
     def find_contact(self, record: CallRecord) -> str | None:
@@ -264,11 +327,24 @@ class HubSpotSink(CrmSink):
                     ],
                 }
             ]
-        self._call("POST", "/crm/v3/objects/calls", what=f"call {call_sid} create", body=body)
+        try:
+            self._call("POST", "/crm/v3/objects/calls", what=f"call {call_sid} create", body=body)
+        except PermanentError:
+            self.field_cache.forget()  # a property may have gone: read them again next time
+            raise
 
     def _upsert(self, call_sid: str, props: dict[str, str]) -> str:
         what = f"call {call_sid} upsert on {self.id_property}"
-        body = {"inputs": [{"idProperty": self.id_property, "id": call_sid, "properties": props}]}
+        body = {
+            "inputs": [
+                {
+                    "idProperty": self.id_property,
+                    "id": call_sid,
+                    "properties": props,
+                    "objectWriteTraceId": call_sid,  # per-input results: 207 on a failure
+                }
+            ]
+        }
         try:
             answer = self._call("POST", "/crm/v3/objects/calls/batch/upsert", what=what, body=body)
         except PermanentError as err:
@@ -280,8 +356,9 @@ class HubSpotSink(CrmSink):
                 ) from err
             raise
         errors = answer.get("errors") if isinstance(answer, dict) else None
-        if errors:
+        if errors:  # 207 Multi-Status: this input failed
             first = errors[0] if isinstance(errors[0], dict) else {}
+            self.field_cache.forget()  # a property may have gone: read them again next time
             raise PermanentError(
                 f"HubSpot {what} failed: {self.http.scrub(str(first.get('message')))}",
                 upstream_code=str(first.get("category") or "") or None,
@@ -292,8 +369,78 @@ class HubSpotSink(CrmSink):
         return str(results[0]["id"])
 
     def check(self) -> str:
-        self._call("GET", "/crm/v3/objects/calls?limit=1", what="calls read (check)")
-        return f"HubSpot token can read calls at {self.base}"
+        """The token's scopes, one harmless read per endpoint family, and the call properties.
+
+        A private-app token's scopes come from HubSpot's token-info endpoint;
+        then a one-call read, a one-contact search and the calls properties
+        prove each family answers. Each problem is one line saying what to
+        change in HubSpot.
+        """
+        problems: list[str] = []
+        granted = self.token_scopes()
+        if granted is not None:
+            for scope in SCOPES:
+                if scope not in granted:
+                    problems.append(
+                        f"the HubSpot private app lacks the scope {scope} (HubSpot's calls guide "
+                        f"lists {' and '.join(SCOPES)}): in {_APP_SETTINGS}, tick it"
+                    )
+        search = {"filterGroups": [], "properties": ["phone"], "limit": 1}
+        probes: list[tuple[str, str, Any]] = [
+            ("GET", "/crm/v3/objects/calls?limit=1", None),
+            ("POST", "/crm/v3/objects/contacts/search", search),
+        ]
+        for method, path, body in probes:
+            try:
+                self._call(method, path, what=f"{path.split('?')[0]} (check)", body=body)
+            except ConfigFaultError as err:
+                problems.append(err.message)
+        try:
+            properties = self.read_properties()
+        except ConfigFaultError as err:
+            problems.append(err.message)
+        else:
+            _, found = resolve(self.field_specs(), properties, what="HubSpot calls")
+            problems += found
+            info = properties.get(self.id_property or "")
+            if info is not None and not info.unique:
+                problems.append(
+                    f"HubSpot calls property {self.id_property} does not require unique "
+                    "values: create a property with hasUniqueValue (unique values can only be "
+                    "set when a property is created), or drop ?id_property= from the URL"
+                )
+        if problems:
+            raise CheckFailed(list(dict.fromkeys(problems)))
+        return (
+            f"HubSpot token at {self.base} has {' and '.join(SCOPES)}; calls and contacts "
+            "answer and every call property written exists"
+        )
+
+    def token_scopes(self) -> set[str] | None:
+        """The private-app token's scopes, or None when HubSpot will not say."""
+        try:
+            answer = self._call(
+                "POST", APP_INFO_PATH, what="token info (check)", body={"tokenKey": self.token}
+            )
+        except ConfigFaultError:
+            raise
+        except PermanentError:
+            return None  # not a private-app token (e.g. OAuth): the probes still run
+        scopes = answer.get("scopes") if isinstance(answer, dict) else None
+        return {str(x) for x in scopes} if isinstance(scopes, list) else None
+
+
+def _required_scopes(body: dict[str, Any]) -> list[str]:
+    """The scopes a 403 MISSING_SCOPES answer names (``errors[].context``)."""
+    found: list[str] = []
+    for error in body.get("errors") or []:
+        context = error.get("context") if isinstance(error, dict) else None
+        if isinstance(context, dict):
+            for key in ("requiredGranularScopes", "requiredScopes"):
+                values = context.get(key)
+                if isinstance(values, list):
+                    found += [str(v) for v in values if str(v) not in found]
+    return found
 
 
 def _hubspot_playable(url: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -10,18 +11,18 @@ import pytest
 import redis
 
 from tests.support.redis_server import free_port
-from tests.unit.sinks.fakes import ADITYA_SIP, CUSTOMER_E164, SANJAY, make_record
+from tests.unit.sinks.fakes import ADITYA_SIP, CUSTOMER_E164, ROOT, SANJAY, make_record
 from tests.unit.sinks.fakes.hubspot import FakeHubSpot
 from worker.errors import ConfigFaultError, PermanentError, RateLimitedError, TransientError
 from worker.settings import Rate, Settings
-from worker.sinks.base import SinkContext
+from worker.sinks.base import CheckFailed, SinkContext
 from worker.sinks.crm import (
     HUBSPOT_BUSY,
     HUBSPOT_CONNECTED,
     HUBSPOT_NO_ANSWER,
     seconds_until_utc_midnight,
 )
-from worker.sinks.hubspot import HubSpotSink
+from worker.sinks.hubspot import SCOPES, HubSpotSink
 from worker.sinks.registry import build_sink
 
 SID = "f1ca1057692d586b23b4e7ffcc3216mk"
@@ -255,18 +256,32 @@ def test_a_rejected_token_is_a_configuration_fault_that_hides_it(
     assert not caught.value.retryable
 
 
-def test_missing_scopes_are_a_configuration_fault(fake: FakeHubSpot, make_sink: MakeSink) -> None:
-    fake.fail_next(
-        403,
-        {
-            "status": "error",
-            "message": "This app hasn't been granted all required scopes to make this call.",
-            "correlationId": "4f7c",
-            "category": "MISSING_SCOPES",
-        },
-    )
-    with pytest.raises(ConfigFaultError, match="scopes"):
+def docs_scopes() -> set[str]:
+    """The scopes docs/sinks.md tells a HubSpot user to give the private app."""
+    section = (ROOT / "docs" / "sinks.md").read_text(encoding="utf-8").split("## HubSpot", 1)[1]
+    token_row = next(line for line in section.splitlines() if line.startswith("| `token=`"))
+    return set(re.findall(r"`(crm\.[a-z.]+)`", token_row))
+
+
+def test_a_private_app_set_up_from_the_docs_can_log_a_call(
+    fake: FakeHubSpot, make_sink: MakeSink
+) -> None:
+    fake.granted = docs_scopes()
+    assert fake.granted == set(SCOPES)  # exactly as HubSpot's calls guide lists them
+    contact = fake.add_contact(phone=CUSTOMER_E164)
+    make_sink().deliver(make_record(SID))
+    assert fake.calls_for(SID)[0]["contacts"] == [contact]
+
+
+def test_a_missing_write_scope_is_a_configuration_fault_naming_it(
+    fake: FakeHubSpot, make_sink: MakeSink
+) -> None:
+    fake.granted = {"crm.objects.contacts.read"}
+    with pytest.raises(ConfigFaultError, match="MISSING_SCOPES") as caught:
         make_sink().deliver(make_record(SID))
+    said = caught.value.message
+    assert "lacks the scope crm.objects.contacts.write" in said and "Private Apps" in said
+    assert fake.calls == {}
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504])
@@ -304,7 +319,68 @@ def test_hubspot_unreachable_is_transient(settings: Settings) -> None:
         sink.deliver(make_record(SID))
 
 
-def test_check_reads_calls(fake: FakeHubSpot, make_sink: MakeSink) -> None:
-    said = make_sink().check()
-    assert "can read calls" in said and fake.token not in said
-    assert fake.seen("GET", "/crm/v3/objects/calls")[0].query == {"limit": "1"}
+def test_check_reads_scopes_calls_contacts_and_properties(
+    fake: FakeHubSpot, make_sink: MakeSink
+) -> None:
+    said = make_sink("&id_property=exotel_call_sid").check()
+    assert "crm.objects.contacts.write" in said and fake.token not in said
+    for method, path in (
+        ("POST", "/oauth/v2/private-apps/get/access-token-info"),
+        ("GET", "/crm/v3/objects/calls"),
+        ("POST", "/crm/v3/objects/contacts/search"),
+        ("GET", "/crm/v3/properties/calls"),
+    ):
+        assert fake.seen(method, path), path
+    assert fake.calls == {}
+
+
+def test_check_reports_a_missing_scope_and_a_missing_property_with_the_fix(
+    fake: FakeHubSpot, make_sink: MakeSink
+) -> None:
+    fake.granted = {"crm.objects.contacts.read"}
+    fake.unique_properties = set()
+    with pytest.raises(CheckFailed) as caught:
+        make_sink("&id_property=exotel_call_sid").check()
+    scope, field = caught.value.problems
+    assert "lacks the scope crm.objects.contacts.write" in scope and "tick it" in scope
+    assert "HubSpot calls has no field exotel_call_sid" in field
+    assert "requires unique values" in field
+
+
+def test_check_reports_a_property_that_is_not_unique(
+    fake: FakeHubSpot, make_sink: MakeSink
+) -> None:
+    with pytest.raises(CheckFailed) as caught:
+        make_sink("&id_property=hs_call_title").check()
+    (problem,) = caught.value.problems
+    assert "hs_call_title does not require unique values" in problem
+
+
+def test_a_sip_agent_is_never_sent_as_a_number(fake: FakeHubSpot, make_sink: MakeSink) -> None:
+    make_sink().deliver(make_record(SID, answered=False))  # Aditya (SIP) was dialled first
+    props = fake.calls_for(SID)[0]["properties"]
+    assert "hs_call_to_number" not in props
+    assert "sip:" not in json.dumps(props.get("hs_call_from_number"))
+
+
+def test_a_portal_without_an_optional_property_gets_the_call_without_it(
+    fake: FakeHubSpot, make_sink: MakeSink
+) -> None:
+    fake.properties.discard("hs_call_recording_url")
+    make_sink().deliver(make_record(SID))
+    assert "hs_call_recording_url" not in fake.calls_for(SID)[0]["properties"]
+
+
+def test_a_batch_partial_failure_207_is_permanent_and_rereads_the_properties(
+    fake: FakeHubSpot, make_sink: MakeSink
+) -> None:
+    sink = make_sink("&id_property=exotel_call_sid")
+    sink.deliver(make_record(SID))
+    fake.properties.discard("hs_call_disposition")  # deleted after the sink read them
+    other = "c2" + SID[2:]
+    with pytest.raises(PermanentError, match="hs_call_disposition"):
+        sink.deliver(make_record(other))
+    upserts = fake.seen("POST", "/crm/v3/objects/calls/batch/upsert")
+    assert upserts[-1].json["inputs"][0]["objectWriteTraceId"] == other  # asks for 207s
+    sink.deliver(make_record(other))  # properties read again: delivered without it
+    assert "hs_call_disposition" not in fake.calls_for(other)[0]["properties"]

@@ -93,9 +93,7 @@ def resolve(
             names[spec.role] = spec.default if spec.required else None
             if spec.required:
                 also = f" (or {', '.join(spec.names[1:])})" if len(spec.names) > 1 else ""
-                problems.append(
-                    f"{what} has no field {spec.default}{also}: {spec.fix or 'add it'}"
-                )
+                problems.append(f"{what} has no field {spec.default}{also}: {spec.fix or 'add it'}")
             continue
         names[spec.role] = found
         info = fields[found]

@@ -44,8 +44,12 @@ def _hubspot(env: CaseEnv, extra: str) -> SinkCase:
         read_back=fake.calls_for,
         faults={
             "transient": _fault(fake, sink, 503, hubspot_error("Service Unavailable", "ERROR")),
-            "permanent": _fault(
-                fake, sink, 400, hubspot_error("Property values were not valid", "VALIDATION_ERROR")
+            "permanent": _fault(  # the write is refused (metadata reads tolerate refusals)
+                fake,
+                sink,
+                400,
+                hubspot_error("Property values were not valid", "VALIDATION_ERROR"),
+                path=r"/crm/v3/objects/calls(/batch/upsert)?",
             ),
         },
         secrets=(fake.token,),

@@ -1,12 +1,28 @@
 """A fake HubSpot CRM v3 API: contacts search, calls create/search/upsert, associations.
 
-Checks what HubSpot documents for the calls object (developers.hubspot.com
-/docs/api/crm/calls): ``hs_timestamp`` required, enumerated direction and
-status, disposition GUIDs, durations in milliseconds, HTTPS .mp3/.wav
-recordings, known property names only, Bearer auth, search filter limits
-(5 groups x 6 filters), association type 194. Errors use HubSpot's body
-``{"status":"error","message","correlationId","category"}``; 429s carry
-``policyName`` and the ``X-HubSpot-RateLimit-*`` headers.
+It behaves as HubSpot documents, not as the sink assumes:
+
+- The calls object (https://developers.hubspot.com/docs/api/crm/calls):
+  ``hs_timestamp`` required, enumerated direction and status, disposition
+  GUIDs, durations in milliseconds, HTTPS .mp3/.wav recordings, known
+  property names only (:attr:`FakeHubSpot.properties`, served by ``GET
+  /crm/v3/properties/calls``,
+  https://developers.hubspot.com/docs/api/crm/properties), Bearer auth,
+  search filter limits (5 groups x 6 filters), association type 194.
+- Scopes: the token carries :attr:`FakeHubSpot.granted`, by default exactly
+  the two the calls guide lists ("Scope requirements":
+  ``crm.objects.contacts.read``, ``crm.objects.contacts.write``); reads and
+  searches need the read scope, creates, upserts and associations the write
+  scope, and a token without one gets 403 ``MISSING_SCOPES`` naming it
+  (https://developers.hubspot.com/docs/api-reference/error-handling). A
+  private app's scopes are also readable at ``POST
+  /oauth/v2/private-apps/get/access-token-info``
+  (https://developers.hubspot.com/docs/api/private-apps).
+- Errors use HubSpot's body ``{"status":"error","message","correlationId",
+  "category"}``; 429s carry ``policyName`` and the ``X-HubSpot-RateLimit-*``
+  headers; a batch whose inputs carry ``objectWriteTraceId`` answers 207
+  Multi-Status with per-input ``errors`` when some fail (error-handling
+  page, "Multi-status errors").
 """
 
 from __future__ import annotations
@@ -60,6 +76,8 @@ OPERATORS = {
     "CONTAINS_TOKEN",
     "NOT_CONTAINS_TOKEN",
 }
+GUIDE_SCOPES = frozenset({"crm.objects.contacts.read", "crm.objects.contacts.write"})
+READ, WRITE = "crm.objects.contacts.read", "crm.objects.contacts.write"
 GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -80,6 +98,8 @@ class FakeHubSpot(FakeServer):
         super().__init__()
         self.token = "pat-na1-" + secrets.token_hex(16)
         self.unique_properties = set(unique_properties)
+        self.granted: set[str] = set(GUIDE_SCOPES)
+        self.properties: set[str] = set(CALL_PROPERTIES)  # the portal's call properties
         self.contacts: dict[str, dict[str, Any]] = {}
         self.calls: dict[str, dict[str, Any]] = {}
         self._ids = itertools.count(51001)
@@ -152,6 +172,36 @@ class FakeHubSpot(FakeServer):
                 "JSON bodies need Content-Type: application/json",
             )
         route = (seen.method, seen.path)
+        if route == ("POST", "/oauth/v2/private-apps/get/access-token-info"):
+            self.expect(seen.json == {"tokenKey": self.token}, "token info takes tokenKey")
+            return Reply(
+                200,
+                {"userId": 1234567, "hubId": 7654321, "appId": 111, "scopes": sorted(self.granted)},
+            )
+        needed = WRITE if seen.method in ("PUT", "PATCH") else READ
+        if route in (
+            ("POST", "/crm/v3/objects/calls"),
+            ("POST", "/crm/v3/objects/calls/batch/upsert"),
+        ):
+            needed = WRITE
+        if needed not in self.granted:
+            return Reply(
+                403,
+                hubspot_error(
+                    "This app hasn't been granted all required scopes to make this call. "
+                    "Read more about required scopes here: https://developers.hubspot.com/scopes.",
+                    "MISSING_SCOPES",
+                    errors=[
+                        {
+                            "message": "One or more of the following scopes are required.",
+                            "context": {"requiredGranularScopes": [needed]},
+                        }
+                    ],
+                    links={"scopes": "https://developers.hubspot.com/scopes"},
+                ),
+            )
+        if route == ("GET", "/crm/v3/properties/calls"):
+            return self._properties()
         if route == ("POST", "/crm/v3/objects/contacts/search"):
             return self._search(seen.json, self.contacts)
         if route == ("POST", "/crm/v3/objects/calls/search"):
@@ -171,6 +221,30 @@ class FakeHubSpot(FakeServer):
         raise Problem(f"no such HubSpot endpoint {seen.method} {seen.path}")
 
     # ------------------------------------------------------------ endpoints
+    def _properties(self) -> Reply:
+        enums = {
+            "hs_call_direction": ["INBOUND", "OUTBOUND"],
+            "hs_call_status": sorted(CALL_STATUSES),
+        }
+        rows = []
+        for name in sorted(self.properties | self.unique_properties):
+            row: dict[str, Any] = {
+                "name": name,
+                "label": name.replace("_", " "),
+                "type": "enumeration" if name in enums else "string",
+                "fieldType": "select" if name in enums else "text",
+                "groupName": "call",
+                "hasUniqueValue": name in self.unique_properties,
+                "hidden": False,
+                "modificationMetadata": {"readOnlyValue": False, "archivable": True},
+                "options": [
+                    {"label": v.title(), "value": v, "hidden": False, "displayOrder": i}
+                    for i, v in enumerate(enums.get(name, []))
+                ],
+            }
+            rows.append(row)
+        return Reply(200, {"results": rows})
+
     def _search(self, body: Any, objects: dict[str, dict[str, Any]]) -> Reply:
         self.expect(isinstance(body, dict), "search needs a JSON object body")
         groups = body.get("filterGroups", [])
@@ -226,7 +300,7 @@ class FakeHubSpot(FakeServer):
 
     def _check_properties(self, props: Any) -> Reply | None:
         self.expect(isinstance(props, dict), "properties must be an object")
-        unknown = [name for name in props if name not in CALL_PROPERTIES | self.unique_properties]
+        unknown = [name for name in props if name not in self.properties | self.unique_properties]
         if unknown:
             return Reply(
                 400,
@@ -308,9 +382,18 @@ class FakeHubSpot(FakeServer):
     def _upsert(self, body: Any) -> Reply:
         inputs = body.get("inputs") if isinstance(body, dict) else None
         self.expect(isinstance(inputs, list) and 1 <= len(inputs) <= 100, "1 to 100 inputs")
-        results = []
+        results: list[dict[str, Any]] = []
+        errors: list[dict[str, Any]] = []
         started = datetime.now(UTC).isoformat()
         for item in inputs:
+            trace = item.get("objectWriteTraceId")
+            if trace is not None:  # multi-status: a failed input is reported, not the batch
+                bad = self._check_properties(item.get("properties"))
+                if bad is not None:
+                    error = dict(bad.body)
+                    error["context"] = {"objectWriteTraceId": [trace]}
+                    errors.append(error)
+                    continue
             prop = item.get("idProperty")
             if prop not in self.unique_properties:
                 return Reply(
@@ -336,16 +419,19 @@ class FakeHubSpot(FakeServer):
                 else:
                     existing["properties"].update(item["properties"])
                     call, new = existing, False
-            results.append({**{k: v for k, v in call.items() if k != "contacts"}, "new": new})
-        return Reply(
-            200,
-            {
-                "status": "COMPLETE",
-                "results": results,
-                "startedAt": started,
-                "completedAt": datetime.now(UTC).isoformat(),
-            },
-        )
+            result = {**{k: v for k, v in call.items() if k != "contacts"}, "new": new}
+            if trace is not None:
+                result["objectWriteTraceId"] = trace
+            results.append(result)
+        answer: dict[str, Any] = {
+            "status": "COMPLETE",
+            "results": results,
+            "startedAt": started,
+            "completedAt": datetime.now(UTC).isoformat(),
+        }
+        if errors:
+            answer.update(errors=errors, numErrors=len(errors))
+        return Reply(207 if errors else 200, answer)
 
     def _associate(self, call_id: str, contact_id: str, type_id: str) -> Reply:
         self.expect(type_id == "194", f"call->contact association type is 194, got {type_id}")
