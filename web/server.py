@@ -8,6 +8,7 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger
 
+from web.gthread import buffering_worker
 from worker.logs import CALLBACK_PATH, ScrubFilter
 from worker.redact import MASK
 from worker.settings import Settings
@@ -51,7 +52,9 @@ def gunicorn_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
     options: dict[str, Any] = {
         "bind": f"0.0.0.0:{settings.port}",
         "workers": settings.web_concurrency,
-        "worker_class": "gthread",
+        # gthread, but a thread gets a connection only once its request is complete:
+        # slow clients cost a socket each, never a thread (web/gthread.py).
+        "worker_class": buffering_worker(settings.max_body_bytes),
         "threads": 4,
         "timeout": 20,
         "graceful_timeout": 20,

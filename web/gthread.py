@@ -1,0 +1,192 @@
+"""Gunicorn's threaded worker, with whole requests read before a thread is given one.
+
+Gunicorn's ``gthread`` worker hands a connection to one of its few threads as
+soon as it has any data (or after 5 s of nothing), and the thread then blocks
+on the socket until the request is complete. A client that sends half its
+headers and stops holds that thread as long as it likes: with 4 threads per
+process, 8 such sockets silence two processes.
+
+:class:`BufferingThreadWorker` reads the request in the worker's event loop
+instead, without blocking and without a thread: the headers, and a body up
+to ``MAX_BODY_BYTES`` when its length is known (``Content-Length``, or a
+chunked body up to its last chunk). Only a complete request goes to a thread,
+so the threads only ever wait for Redis. A connection that has not delivered
+its request within :data:`READ_TIMEOUT_SECONDS` is answered 408 and closed. The
+same applies to every request on a kept-alive connection.
+
+Connections still count against ``worker_connections`` (1000 per process),
+which bounds memory: a buffered request is at most ``MAX_HEAD_BYTES`` plus the
+body limit.
+"""
+
+from __future__ import annotations
+
+import errno
+import re
+import selectors
+import socket
+import time
+from functools import partial
+from typing import Any
+
+from gunicorn.workers.gthread import TConn, ThreadWorker
+
+#: A request must arrive whole within this many seconds of its first byte being awaited.
+READ_TIMEOUT_SECONDS = 10.0
+#: Request line and headers larger than this go to gunicorn's parser unread, which refuses them.
+MAX_HEAD_BYTES = 64 * 1024
+_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length[ \t]*:[ \t]*(\d{1,12})[ \t]*(?=\r\n|$)")
+_CHUNKED = re.compile(rb"\r\ntransfer-encoding[ \t]*:[^\r\n]*chunked")
+_EXPECT = re.compile(rb"\r\nexpect[ \t]*:")
+_TIMEOUT_ANSWER = (
+    b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Type: application/json\r\n"
+    b'Content-Length: 28\r\n\r\n{"error": "request timeout"}'
+)
+
+
+def buffering_worker(max_body_bytes: int) -> type[BufferingThreadWorker]:
+    """The worker class for an app whose bodies are at most ``max_body_bytes``."""
+    return type(
+        "BufferingThreadWorker", (BufferingThreadWorker,), {"body_limit": max_body_bytes + 1}
+    )
+
+
+def request_complete(data: bytes | bytearray, body_limit: int) -> bool:
+    """True when ``data`` holds a whole request head and as much body as is worth waiting for.
+
+    The body is awaited only when its length is known and not over
+    ``body_limit`` (the app refuses a longer one without reading it). With
+    ``Expect: 100-continue`` the client waits for us, so the head is enough.
+    """
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return len(data) > MAX_HEAD_BYTES
+    head = bytes(data[:end]).lower()
+    if _EXPECT.search(head):
+        return True
+    body = len(data) - end - 4
+    if _CHUNKED.search(head):
+        return body > body_limit or data.endswith(b"0\r\n\r\n")
+    match = _CONTENT_LENGTH.search(head)
+    if match is None:
+        return True
+    length = int(match.group(1))
+    return length > body_limit or body >= length
+
+
+class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]
+    """``gthread`` that gives a thread only a connection whose request has fully arrived."""
+
+    #: The most body worth buffering: the app's limit plus its one-byte overflow probe.
+    body_limit = 64 * 1024 + 1
+
+    def init_process(self) -> None:
+        self.reading: dict[int, TConn] = {}
+        super().init_process()
+
+    # ------------------------------------------------------------ reading
+    def accept(self, listener: socket.socket) -> None:
+        try:
+            client, address = listener.accept()
+        except OSError as err:
+            if err.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                raise
+            return
+        self.nr_conns += 1
+        conn = TConn(self.cfg, client, address, listener.getsockname())  # non-blocking
+        if self.cfg.is_ssl:  # the TLS handshake happens in the thread: nothing to buffer
+            self.enqueue_req(conn)
+            return
+        self._await_request(conn)
+
+    def on_client_socket_readable(self, conn: TConn, client: Any) -> None:
+        """A kept-alive connection has a new request: read it here too, not in a thread."""
+        self.poller.unregister(client)
+        self.keepalived_conns.remove(conn)
+        if self.cfg.is_ssl:
+            self.enqueue_req(conn)
+            return
+        self._await_request(conn)
+        self._on_readable(conn, client)
+
+    def _await_request(self, conn: TConn) -> None:
+        conn.prebuffer = bytearray()
+        conn.read_deadline = time.monotonic() + READ_TIMEOUT_SECONDS
+        self.reading[conn.sock.fileno()] = conn
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
+
+    def _on_readable(self, conn: TConn, _client: Any) -> None:
+        try:
+            data = conn.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._drop(conn)
+            return
+        if not data:
+            self._drop(conn)  # the client went away
+            return
+        conn.prebuffer += data
+        if request_complete(conn.prebuffer, self.body_limit):
+            self._stop_reading(conn)
+            self.enqueue_req(conn)
+
+    def _stop_reading(self, conn: TConn) -> None:
+        self.reading.pop(conn.sock.fileno(), None)
+        try:
+            self.poller.unregister(conn.sock)
+        except (KeyError, ValueError, OSError):
+            pass
+
+    def _drop(self, conn: TConn, answer: bytes | None = None) -> None:
+        self._stop_reading(conn)
+        self.nr_conns -= 1
+        if answer:
+            try:
+                conn.sock.send(answer)
+            except OSError:
+                pass
+        conn.close()
+
+    def murder_keepalived(self, force: bool = False) -> None:
+        """Also close connections whose request is overdue (408), or idle while stopping."""
+        super().murder_keepalived(force)
+        now = time.monotonic()
+        for conn in list(self.reading.values()):
+            if now >= conn.read_deadline:
+                self._drop(conn, _TIMEOUT_ANSWER if conn.prebuffer else None)
+            elif (force or not self.alive) and not conn.prebuffer:
+                self._drop(conn)
+
+    def finish_request(self, conn: TConn, fs: Any) -> None:
+        """A pipelined next request read ahead by the parser is awaited here too."""
+        try:
+            keep = fs.result() if not fs.cancelled() else False
+        except Exception:  # noqa: BLE001 - gthread's own finish_request deals with it
+            keep = False
+        if keep is True and self.alive and not self.cfg.is_ssl:
+            pending = conn.parser.unreader.take_buffered()
+            if pending:
+                conn.sock.setblocking(False)
+                self._await_request(conn)
+                conn.prebuffer += pending
+                if request_complete(conn.prebuffer, self.body_limit):
+                    self._stop_reading(conn)
+                    self.enqueue_req(conn)
+                return
+        super().finish_request(conn, fs)
+
+    # ------------------------------------------------------------ handling
+    def handle(self, conn: TConn) -> Any:
+        """Feed the buffered request to gunicorn's parser, then handle it as gthread does."""
+        data = getattr(conn, "prebuffer", None)
+        if data is not None:
+            conn.prebuffer = None
+            conn.data_ready = True
+            conn.sock.setblocking(True)
+            try:
+                conn.init()
+            except OSError:
+                return False
+            conn.parser.unreader.unread(bytes(data))
+        return super().handle(conn)
