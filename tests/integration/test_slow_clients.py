@@ -23,6 +23,7 @@ import requests
 from tests.conftest import CALLBACK_TOKEN
 from tests.support.processes import ROOT, wait_for
 from tests.support.redis_server import free_port
+from web.gthread import READ_TIMEOUT_SECONDS
 
 SOCKETS = 64
 HALF_HEADERS = b"GET /healthz HTTP/1.1\r\nHost: x\r\nUser-Agent: slow"
@@ -95,9 +96,15 @@ def assert_still_answering(base: str, sid: str) -> None:
 
 
 def test_64_connections_with_half_their_headers(web: str) -> None:
+    opened = time.monotonic()
     socks = stall(web, [HALF_HEADERS] * SOCKETS)
     try:
         assert_still_answering(web, "slowheaders")
+        # and they do not stay for ever: 408 and closed after READ_TIMEOUT_SECONDS
+        socks[0].settimeout(READ_TIMEOUT_SECONDS + 5)
+        answer = socks[0].recv(65536)
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+        assert READ_TIMEOUT_SECONDS - 1 <= time.monotonic() - opened <= READ_TIMEOUT_SECONDS + 3
     finally:
         for sock in socks:
             sock.close()
