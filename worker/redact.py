@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Iterable
 from urllib.parse import parse_qsl, unquote, unquote_plus, urlsplit
 
@@ -10,6 +11,40 @@ MASK = "***"
 MIN_SECRET = 4
 _SECRETISH = re.compile(r"(token|secret|password|passwd|key|auth|dsn|sig)", re.IGNORECASE)
 _SEPARATORS = re.compile(r"[,;\s]+")
+#: A phone number in free text: 7 or more digits, optionally with a leading +
+#: and single spaces, dots, dashes or brackets between them (+91 98765 43210,
+#: 098765-43210, 919876543210). Digits inside a word (a call sid) are left alone.
+PHONE = re.compile(r"(?<![\w+])\+?\(?\d(?:[\s().-]?\d){6,}(?!\w)")
+
+_runtime_lock = threading.Lock()
+_runtime: set[str] = set()
+_runtime_version = 0
+
+
+def remember_secret(value: str | None) -> None:
+    """Add a secret minted at run time (an OAuth access token) to every scrubber.
+
+    Call it the moment the value exists; logs, errors and Sentry events are
+    scrubbed of it from then on, in this process.
+    """
+    global _runtime_version
+    if not value or len(value) < MIN_SECRET or value in _runtime:
+        return
+    with _runtime_lock:
+        if value not in _runtime:
+            _runtime.add(value)
+            _runtime_version += 1
+
+
+def runtime_secrets() -> tuple[int, frozenset[str]]:
+    """(version, the secrets :func:`remember_secret` was given); the version changes with them."""
+    with _runtime_lock:
+        return _runtime_version, frozenset(_runtime)
+
+
+def mask_phones(text: str) -> str:
+    """Every phone-number-like run of digits in ``text`` masked."""
+    return PHONE.sub(MASK, text) if any(c.isdigit() for c in text) else text
 
 
 def mask_url(url: str) -> str:

@@ -27,6 +27,7 @@ from worker.errors import (
     SettingsError,
     TransientError,
 )
+from worker.redact import remember_secret
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -39,6 +40,9 @@ class Token:
     value: str
     extra: dict[str, Any] = field(default_factory=dict)
     expires_at: float = 0.0
+
+    def __post_init__(self) -> None:
+        remember_secret(self.value)  # scrubbed from logs and Sentry from now on
 
 
 #: Mints a new token: returns (access token, lifetime in seconds, extra fields).
