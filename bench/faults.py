@@ -60,7 +60,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from tests.support.redis_server import RedisServer, free_port  # noqa: E402
-from worker.calls.simulator import SimulatorConfig, start_in_thread  # noqa: E402
+from worker.calls.simulator import SimAccount, SimulatorConfig, start_in_thread  # noqa: E402
 from worker.settings import Rate  # noqa: E402
 
 TOKEN = "faults-callback-token-0123456789"
@@ -1163,6 +1163,231 @@ def slow_exotel(calls: int, quick: bool, keep: bool) -> Result:
         run.close()
 
 
+# ------------------------------------------------------------ noisy neighbour
+B_TOKEN = "faults-callback-token-account-b-0123"
+B_SIM = SimAccount("acct_b", "key_b", "token_b_0123456789")
+
+
+class _Paced:
+    """Posts one account's terminal callbacks at a steady rate, noting when each left."""
+
+    def __init__(self, run: Run, token: str, prefix: str, per_minute: float) -> None:
+        self.url = f"{run.edge}/exotel/callback/{token}"
+        self.prefix = prefix
+        self.interval = 60.0 / per_minute
+        self.sent: dict[str, float] = {}
+        self.stop = threading.Event()
+        self.errors: list[str] = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> _Paced:
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        session = requests.Session()
+        t0 = time.time()
+        n = 0
+        while not self.stop.is_set() and not STOPPING.is_set():
+            time.sleep(max(0.0, t0 + n * self.interval - time.time()))
+            sid = f"{self.prefix}{n:05d}"
+            data = {"CallSid": sid, "Status": "completed", "EventType": "terminal",
+                    "Direction": "outbound-api"}  # fmt: skip
+            self.sent[sid] = time.time()
+            for _ in range(20):
+                try:
+                    if session.post(self.url, data=data, timeout=15).status_code == 200:
+                        break
+                except requests.RequestException:
+                    pass
+                time.sleep(0.2)
+            else:
+                self.errors.append(f"callback for {sid} never accepted")
+            n += 1
+
+    def finish(self) -> None:
+        self.stop.set()
+        self.thread.join(20)
+
+
+def _p(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def _neighbour_run(
+    name: str, keep: bool, storms: tuple[float, float] | None, span: float
+) -> dict[str, Any]:
+    """One run: account B at its full 200/minute for ``span`` s; with ``storms``, account A
+    (the default account) at 200/minute too, through a 401 storm then a 429 storm."""
+    run = Run(name, 0, keep=keep, sim=SimulatorConfig(accounts=(B_SIM,)),
+              env={"CIRCUIT_PROBE_SECONDS": "10", "EXOTEL_RATE_LIMIT": "200/minute"})  # fmt: skip
+    out: dict[str, Any] = {"failures": [], "notes": []}
+    secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+    receiver = Receiver(secret)
+    b_jsonl = run.dir / "b-calls.jsonl"
+    run.env["EXOTEL_ACCOUNTS"] = json.dumps({"b": {
+        "sid": B_SIM.sid, "api_key": B_SIM.api_key, "api_token": "${B_EXOTEL_TOKEN}",
+        "base_url": run.sim_url, "rate_limit": "200/minute", "callback_tokens": [B_TOKEN],
+        "sinks": [f"jsonl://{b_jsonl}?name=b-jsonl",
+                  f"webhook+http://127.0.0.1:{receiver.port}/hook?secret={secret}&name=b-hook"],
+    }})  # fmt: skip
+    run.env["B_EXOTEL_TOKEN"] = B_SIM.api_token
+    parked_b: set[str] = set()
+    b_circuit_open = [False]
+    queue: list[tuple[float, int]] = []  # (time, broker messages waiting)
+    sampling = threading.Event()
+
+    def sample() -> None:
+        while not sampling.is_set():
+            with contextlib.suppress(redis.RedisError):
+                queue.append((time.time(), int(run.redis.llen("exolegs"))))
+                for key in run.redis.scan_iter(match="exolegs:circuit:*:parked", count=1000):
+                    parked_b.update(m.decode() for m in run.redis.smembers(key)
+                                    if m.decode().startswith("b/"))  # fmt: skip
+                for upstream in (f"exotel:{B_SIM.sid}", "sink:b-jsonl", "sink:b-hook"):
+                    b_circuit_open[0] |= bool(run.redis.exists(f"exolegs:circuit:{upstream}"))
+            time.sleep(0.25)
+
+    try:
+        run.start_web()
+        run.start_worker()
+        run.start_worker()
+        threading.Thread(target=sample, daemon=True).start()
+        a_sid = run.sim_config.account_sid
+        b = _Paced(run, B_TOKEN, f"nnb-{name[-4:]}-", 200).start()
+        a: _Paced | None = None
+        started = time.time()
+        if storms is not None:
+            storm401, storm429 = storms
+            run.sim_control("mode", {"mode": "unauthorized", "account": a_sid})
+            a = _Paced(run, TOKEN, f"nna-{name[-4:]}-", 200).start()
+            log(f"A: 401 storm for {storm401:.0f}s while B runs at 200/minute")
+            time.sleep(storm401)
+            run.sim_control("mode", {"mode": "normal", "account": a_sid})
+            key = f"exolegs:circuit:exotel:{a_sid}"
+            deadline = time.monotonic() + 60
+            while run.redis.exists(key) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            log(f"A: circuit closed {time.time() - started - storm401:.1f}s after the 401 storm; "
+                f"429 storm for {storm429:.0f}s")  # fmt: skip
+            run.sim_control("mode", {"mode": "rate-limited", "account": a_sid})
+            time.sleep(storm429)
+            run.sim_control("mode", {"mode": "normal", "account": a_sid})
+            out["a_statuses"] = dict(Counter(e[2] for e in run.sim_log if e[1].startswith("nna-")))
+        time.sleep(max(0.0, started + span - time.time()))
+        b.finish()
+        if a is not None:
+            a.finish()
+        out["span"] = time.time() - started
+        log(f"posting done: B {len(b.sent)} call(s)" + (f", A {len(a.sent)}" if a else ""))
+
+        def counts(path: Path, prefix: str) -> Counter[str]:
+            c: Counter[str] = Counter()
+            if path.exists():
+                for line in path.read_text().splitlines():
+                    if line.strip() and (sid := json.loads(line)["call_sid"]).startswith(prefix):
+                        c[sid] += 1
+            return c
+
+        sinks_b = lambda: {"b-jsonl": counts(b_jsonl, "nnb-"), "b-hook": receiver.counts()}  # noqa: E731
+        sinks_a = lambda: {n: counts(p, "nna-") for n, p in run.jsonl.items()}  # noqa: E731
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            done_b = all(set(b.sent) <= set(c) for c in sinks_b().values())
+            done_a = a is None or all(set(a.sent) <= set(c) for c in sinks_a().values())
+            if done_b and done_a and not run.jobs_left():
+                break
+            time.sleep(0.2)
+        time.sleep(2)
+        sampling.set()
+        lost = dup = 0
+        for who, sent, sinks in (("B", b.sent, sinks_b()), ("A", a.sent if a else {}, sinks_a())):
+            for sink, c in sinks.items():
+                missing = [sid for sid in sent if sid not in c]
+                doubled = [sid for sid in sent if c[sid] > 1]
+                lost += len(missing)
+                dup += sum(c[sid] - 1 for sid in doubled)
+                if missing or doubled:
+                    out["failures"].append(
+                        f"{who} sink {sink}: {len(missing)} lost (e.g. {missing[:3]}), "
+                        f"{len(doubled)} duplicated"
+                    )
+        arrived: dict[str, float] = {}
+        for when, sid, _ in receiver.ok:
+            arrived.setdefault(sid, when)
+        e2e = [arrived[sid] - at for sid, at in b.sent.items() if sid in arrived]
+        fetched = {e[1]: e[0] for e in run.sim_log if e[1].startswith("nnb-") and e[2] == 200}
+        slowest = sorted(((arrived[s] - t, s) for s, t in b.sent.items() if s in arrived),
+                         reverse=True)[:8]  # fmt: skip
+        out["slowest"] = [
+            f"{sid} +{b.sent[sid] - started:.1f}s: fetched after "
+            f"{fetched.get(sid, float('nan')) - b.sent[sid]:.2f}s, delivered after {total:.2f}s"
+            for total, sid in slowest
+        ]
+        peaks = sorted(queue, key=lambda q: -q[1])[:5]
+        out["queue"] = [f"{n} msg(s) at +{t - started:.1f}s" for t, n in peaks]
+        out.update(
+            b_sent=len(b.sent), a_sent=len(a.sent) if a else 0, lost=lost, dup=dup,
+            p50=_p(e2e, 0.5), p95=_p(e2e, 0.95), parked_b=len(parked_b),
+            b_circuit=b_circuit_open[0], dead=run.dead_letters(), jobs_left=run.jobs_left(),
+            b_statuses=dict(Counter(e[2] for e in run.sim_log if e[1].startswith("nnb-"))),
+        )  # fmt: skip
+        out["failures"] += b.errors + (a.errors if a else [])
+        if out["failures"] or out["dead"] or out["jobs_left"]:
+            out["evidence"] = run.log_evidence()
+        return out
+    finally:
+        sampling.set()
+        run.close()
+
+
+def noisy_neighbour(calls: int, quick: bool, keep: bool) -> Result:
+    """Account A: a 401 storm, then a 429 storm, while account B runs at its full 200/minute.
+
+    Two runs in fresh processes: B alone, then B with A (also posting at
+    200/minute) through the storms. B's end-to-end p95 (callback posted ->
+    record at its webhook sink) must stay within 10% of the run without A,
+    with no B job ever parked and no call of either account lost or doubled.
+    """
+    storms = (20.0, 20.0) if quick else (45.0, 45.0)
+    span = sum(storms) + 15.0
+    result = Result("noisy-neighbour")
+    alone = _neighbour_run("noisy-alone", keep, None, span)
+    run_cleanups()
+    both = _neighbour_run("noisy-both", keep, storms, span)
+    ratio = both["p95"] / alone["p95"]
+    result.sent = both["b_sent"] + both["a_sent"]
+    result.delivered = result.sent - both["lost"]
+    result.lost = both["lost"] + alone["lost"]
+    result.duplicates = both["dup"] + alone["dup"]
+    result.dead = both["dead"] + alone["dead"]
+    result.sinks = 2
+    result.drain = both["span"]
+    result.notes.append(
+        f"B p95 {both['p95'] * 1000:.0f} ms vs {alone['p95'] * 1000:.0f} ms alone "
+        f"(x{ratio:.2f}); p50 {both['p50'] * 1000:.0f} vs {alone['p50'] * 1000:.0f} ms"
+    )
+    result.notes.append(f"B {both['b_sent']} calls, A {both['a_sent']}; A's Exotel answers "
+                        f"{both.get('a_statuses')}; B's {both['b_statuses']}")  # fmt: skip
+    if ratio > 1.10:
+        result.failures.append(f"B's p95 rose {ratio:.2f}x with A's storms (limit 1.10x)")
+        result.evidence += ["slowest B calls with A:", *both["slowest"]]
+        result.evidence.append(f"broker queue peaks with A: {both['queue']}")
+        result.evidence.append(f"broker queue peaks alone: {alone['queue']}")
+    if both["parked_b"] or both["b_circuit"]:
+        result.failures.append(f"{both['parked_b']} B job(s) parked; B circuit opened: "
+                               f"{both['b_circuit']}")  # fmt: skip
+    if set(both["b_statuses"]) - {200}:
+        result.failures.append(f"B's Exotel answers were not all 200: {both['b_statuses']}")
+    for run in (alone, both):
+        result.failures += run["failures"]
+        if run["jobs_left"]:
+            result.failures.append(f"{run['jobs_left']} job(s) left in the book")
+        result.evidence += run.get("evidence", [])
+    return result
+
+
 SCENARIOS: dict[str, Callable[[int, bool, bool], Result]] = {
     "baseline": baseline,
     "kill9": kill9,
@@ -1176,6 +1401,7 @@ SCENARIOS: dict[str, Callable[[int, bool, bool], Result]] = {
     "sink-down": sink_down,
     "sink-hang": sink_hang,
     "slow-exotel": slow_exotel,
+    "noisy-neighbour": noisy_neighbour,
 }
 
 
