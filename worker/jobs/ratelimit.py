@@ -64,6 +64,13 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local blocked = tonumber(redis.call('HGET', KEYS[1], 'blocked') or '0')
 local held = redis.call('HGET', KEYS[2], ARGV[1])
+-- A 429 blocked everyone: a slot held from before is void, and the job lines
+-- up again in the book behind the block, spaced at the rate like the rest,
+-- rather than every waiting job crowding the gate the moment the block ends.
+if held and blocked > now then
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  held = false
+end
 if not held then
   local tat = tonumber(redis.call('HGET', KEYS[1], 'tat') or '0')
   if tat < now then tat = now end

@@ -68,3 +68,19 @@ def test_a_deferred_job_keeps_its_slot(redis_client: redis.Redis) -> None:
     time.sleep(wait + 0.01)
     assert limiter.take("x", rate, "c") == 0  # its turn
     assert not redis_client.hexists("c", "slot:x")
+
+
+def test_after_a_429_waiting_jobs_line_up_again_instead_of_crowding_the_gate(
+    redis_client: redis.Redis,
+) -> None:
+    limiter = RateLimiter(redis_client)
+    rate = Rate(10, 1)  # burst 2, slots ~0.1 s apart
+    waits = [limiter.take("y", rate, f"job{n}") for n in range(12)]
+    assert waits[-1] > 0.5  # a backlog, each job holding its slot
+    limiter.block("y", 1.0)  # Exotel said 429, Retry-After 1
+    after = sorted(limiter.take("y", rate, f"job{n}") for n in range(12))
+    # Everyone now waits past the block, and no more than the burst at its end:
+    # the rest are spaced out at the rate, not all told "come back in a second".
+    assert all(w >= 0.95 for w in after)
+    assert sum(1 for w in after if w < 1.05) <= burst_for(rate)
+    assert after[-1] - after[0] > 0.8
