@@ -7,6 +7,7 @@ both win.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from enum import StrEnum
@@ -67,8 +68,19 @@ metric(KEYS[4], KEYS[5], KEYS[6], ARGV[10], 1)
 return result
 """
 )
-_ACCEPTED = metrics.series(metrics.Counter.CALLBACKS, outcome=metrics.CallbackOutcome.ACCEPTED)
-_DUPLICATE = metrics.series(metrics.Counter.CALLBACKS, outcome=metrics.CallbackOutcome.DUPLICATE)
+
+
+@functools.cache
+def _counted(account: str) -> tuple[str, str]:
+    """The "accepted" and "duplicate" series of one account's callbacks."""
+    return (
+        metrics.series(
+            metrics.Counter.CALLBACKS, outcome=metrics.CallbackOutcome.ACCEPTED, account=account
+        ),
+        metrics.series(
+            metrics.Counter.CALLBACKS, outcome=metrics.CallbackOutcome.DUPLICATE, account=account
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -129,8 +141,7 @@ class Intake:
                         )
                     ),
                     timeline.CAP,
-                    _ACCEPTED,
-                    _DUPLICATE,
+                    *_counted(account),
                     Source(source).value,
                     "1" if fetch_delay is None else "0",
                 ],

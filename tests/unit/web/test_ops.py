@@ -237,8 +237,8 @@ def test_callback_is_counted_in_metrics(make_app: Callable[..., Flask]) -> None:
     text = client.get(
         "/metrics", headers={"Authorization": "Bearer metrics-token-0123456789"}
     ).text
-    assert 'exolegs_callbacks_total{outcome="accepted"} 1' in text
-    assert 'exolegs_callbacks_total{outcome="duplicate"} 1' in text
+    assert 'exolegs_callbacks_total{account="default",outcome="accepted"} 1' in text
+    assert 'exolegs_callbacks_total{account="default",outcome="duplicate"} 1' in text
     assert 'exolegs_callbacks_total{outcome="rejected"} 1' in text
     assert "exolegs_jobs_booked 1" in text
     assert "# TYPE exolegs_callback_to_last_sink_seconds histogram" in text
