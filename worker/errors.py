@@ -126,14 +126,19 @@ def exotel_error(
     code: int | None,
     message: str | None,
     *,
-    call_sid: str,
+    call_sid: str | None,
     retry_after: float | None = None,
+    what: str | None = None,
 ) -> ExolegsError:
-    """Build the error for an Exotel answer, with a sentence for the operator."""
+    """Build the error for an Exotel answer, with a sentence for the operator.
+
+    ``what`` names the request when it is not a call's legs fetch (the
+    sweeper's call listing).
+    """
     rule = rule_for_status(status, code)
     shown = f"{status}/{code}" if code is not None else str(status)
     text = (
-        f"Exotel legs fetch for call {call_sid} failed with {shown} "
+        f"{what or f'Exotel legs fetch for call {call_sid}'} failed with {shown} "
         f"({message or rule.meaning}): {rule.action}"
     )
     return _CLASSES[rule.kind](

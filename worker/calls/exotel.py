@@ -22,6 +22,7 @@ from __future__ import annotations
 import email.utils
 import math
 import time
+from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -199,6 +200,7 @@ class ExotelClient:
         read = float(settings.exotel_timeout_seconds)
         self.timeout: tuple[float, float] = (min(read, MAX_CONNECT_TIMEOUT), read)
         self._base, self.host = _split_base(settings.exotel_url)
+        self._v1_base, self._v1_host = _split_base(settings.exotel_v1_url)
         self._headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
 
     # ----------------------------------------------------------------- API
@@ -265,6 +267,87 @@ class ExotelClient:
             if err.upstream_code != 10744:
                 raise
         return f"credentials accepted by {self.host} (legs of a made-up call: 404/10744)"
+
+    def calls_url(self) -> str:
+        """The v1 Bulk Call Details URL: ``{v1 host}/v1/Accounts/<sid>/Calls.json``."""
+        account = self.settings.exotel_account_sid
+        if not account:
+            raise ConfigFaultError(NOT_CONFIGURED)
+        return f"{self._v1_base}/v1/Accounts/{quote(account, safe='')}/Calls.json"
+
+    def list_calls(
+        self, since: str, until: str, *, page_uri: str | None = None, page_size: int = 100
+    ) -> CallsPage:
+        """One page of the account's calls created between two IST times (``YYYY-MM-DD HH:MM:SS``).
+
+        The first page is asked with ``DateCreated=gte:…;lte:…``,
+        ``SortBy=DateCreated:asc`` and ``PageSize``; later ones by the
+        relative ``NextPageUri`` Exotel returned (it carries the cursor), on
+        the same host (https://developer.exotel.com/api/call-details, bulk).
+        """
+        if not self.settings.exotel_configured or self._auth is None:
+            raise ConfigFaultError(NOT_CONFIGURED)
+        what = "Exotel call listing"
+        if page_uri:
+            if not page_uri.startswith("/v1/"):
+                raise PermanentError(f"{what}: NextPageUri {page_uri[:80]!r} is not a /v1/ path")
+            url, params = f"{self._v1_base}{page_uri}", None
+        else:
+            url = self.calls_url()
+            params = {
+                "DateCreated": f"gte:{since};lte:{until}",
+                "SortBy": "DateCreated:asc",
+                "PageSize": str(max(1, min(100, page_size))),
+            }
+        try:
+            answer = self.session.get(
+                url,
+                params=params,
+                auth=self._auth,
+                headers=self._headers,
+                timeout=self.timeout,
+                allow_redirects=False,
+            )
+        except requests.RequestException as err:
+            raise TransientError(
+                f"{what} ({since} to {until}) could not reach {self._v1_host} "
+                f"({type(err).__name__}): retrying on the next sweep"
+            ) from err
+        try:
+            status = answer.status_code
+            try:
+                body: Any = answer.json()
+            except ValueError:
+                body = None
+            if (
+                200 <= status < 300
+                and isinstance(body, dict)
+                and isinstance(body.get("Calls"), list)
+            ):
+                meta = body.get("Metadata") if isinstance(body.get("Metadata"), dict) else {}
+                next_uri = meta.get("NextPageUri") if isinstance(meta, dict) else None
+                return CallsPage(
+                    calls=[c for c in body["Calls"] if isinstance(c, dict)],
+                    next_uri=next_uri if isinstance(next_uri, str) and next_uri else None,
+                    total=_as_code(meta.get("Total")) if isinstance(meta, dict) else None,
+                )
+            if 200 <= status < 300:
+                raise TransientError(
+                    f"{what} got {status} without a Calls list from {self._v1_host} "
+                    f"({self._content_type(answer)}): retrying on the next sweep",
+                    upstream_status=status,
+                )
+            _env_status, code, message = _error_fields(body)
+            raise exotel_error(
+                status,
+                code,
+                self._hint(message or answer.reason or None),
+                call_sid=None,
+                retry_after=self._retry_after(answer, status),
+                what=f"{what} ({since} to {until})",
+            )
+        finally:
+            answer.close()
 
     def close(self) -> None:
         """Release pooled connections (only of a session this client created)."""
@@ -351,6 +434,15 @@ class ExotelClient:
         if self.settings.exotel_api_key and len(self.settings.exotel_api_key) >= 4:
             secrets.append(self.settings.exotel_api_key)
         return scrub(text, secrets)
+
+
+@dataclass(frozen=True)
+class CallsPage:
+    """One page of Bulk Call Details: its calls, and the relative URI of the next page."""
+
+    calls: list[dict[str, Any]]
+    next_uri: str | None
+    total: int | None = None
 
 
 def _check_call_sid(call_sid: str) -> None:

@@ -57,6 +57,7 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
+from worker.calls import simcalls
 from worker.settings import CALL_SID_RE, Rate
 
 IST = timezone(timedelta(hours=5, minutes=30), "IST")
@@ -113,6 +114,9 @@ class SimulatorConfig:
     retry_after: int = 2
     seed: int | None = None
     accounts: tuple[SimAccount, ...] = ()
+    #: Legs exist only this many seconds after a placed call ended (or after the
+    #: first legs request for any other call); until then 500/10743.
+    legs_ready_after: float = 0.0
 
     @property
     def all_accounts(self) -> dict[str, SimAccount]:
@@ -274,6 +278,8 @@ class SimulatorState:
         self._by_status: dict[int, int] = {}
         self._by_account: dict[str, dict[int, int]] = {}
         self._windows: dict[str, deque[float]] = {}
+        self.calls = simcalls.CallLog()
+        self._first_asked: dict[str, float] = {}
 
     # control
     def script(self, call_sid: str, responses: list[Scripted]) -> int:
@@ -304,6 +310,8 @@ class SimulatorState:
             self._by_status.clear()
             self._by_account.clear()
             self._windows.clear()
+            self._first_asked.clear()
+        self.calls.clear()
 
     def requests(self) -> dict[str, Any]:
         with self._lock:
@@ -320,6 +328,17 @@ class SimulatorState:
             }
 
     # per request
+    def legs_ready(self, account_sid: str, call_sid: str) -> bool:
+        """Are the legs there yet (``legs_ready_after`` seconds after the call ended)?"""
+        wait = self.config.legs_ready_after
+        if wait <= 0:
+            return True
+        ended = self.calls.ended_at(account_sid, call_sid)
+        now = time.time()
+        with self._lock:
+            since = ended.timestamp() if ended else self._first_asked.setdefault(call_sid, now)
+        return now >= since + wait
+
     def record(self, call_sid: str, account: str | None = None) -> tuple[str, float]:
         """Log one legs request; return the mode and slow-mode delay in force for its account."""
         with self._lock:
@@ -498,6 +517,8 @@ def create_app(config: SimulatorConfig) -> Flask:
             return _error_response(429, 10724, headers=headers)
         if call_sid.startswith("missing") or not CALL_SID_RE.fullmatch(call_sid):
             return _error_response(404, 10744, headers=limit_headers)
+        if not state.legs_ready(account_sid, call_sid):
+            return _error_response(500, 10743, headers=limit_headers)
         if state.roll_failure():
             status = ERRORS.get(config.fail_code, (500, "", ""))[0]
             return _error_response(status, config.fail_code, headers=limit_headers)
@@ -556,6 +577,59 @@ def create_app(config: SimulatorConfig) -> Flask:
         if account is not None:
             body["account"] = account
         return jsonify(body), 200
+
+    @app.get("/v1/Accounts/<account_sid>/Calls.json")
+    def calls_json(account_sid: str) -> Response | tuple[Response, int]:
+        """v1 Bulk Call Details over the placed calls (see worker.calls.simcalls)."""
+        mode, _ = state.record(f"Calls.json:{account_sid}", account_sid)
+        caller = _authorised(config)
+        if mode == "unauthorized" or caller is None:
+            return _error_response(401, 1010, envelope="v1")
+        if account_sid not in config.all_accounts or caller.sid != account_sid:
+            return _error_response(404, 1017, envelope="v1")
+        allowed, limit_headers = state.take_rate_slot(account_sid)
+        if not allowed:
+            headers = {"Retry-After": str(config.retry_after), **limit_headers}
+            return _error_response(429, 10724, envelope="v1", headers=headers)
+        try:
+            body = state.calls.page(account_sid, request.args.to_dict(), datetime.now(IST))
+        except simcalls.ListingError as err:
+            return _error_response(400, None, str(err), envelope="v1")
+        answer = jsonify(body)
+        answer.headers.update(limit_headers)
+        return answer
+
+    @app.post("/_sim/calls")
+    def place_calls() -> tuple[Response, int]:
+        """Place calls that just ended; POST their callbacks to ``callback_url``, less a ``drop``.
+
+        ``{"sids": [...], "account_sid": optional, "callback_url": optional,
+        "drop": 0.0-1.0, "seed": optional, "duration": seconds}``
+        """
+        data = request.get_json(silent=True)
+        if not isinstance(data, dict):
+            return jsonify({"error": "expected a JSON object"}), 400
+        sids, drop = data.get("sids"), data.get("drop", 0.0)
+        if not isinstance(sids, list) or not all(
+            isinstance(s, str) and CALL_SID_RE.fullmatch(s) for s in sids
+        ):
+            return jsonify({"error": "sids must be a list of call sids"}), 400
+        if not isinstance(drop, int | float) or not 0 <= drop <= 1:
+            return jsonify({"error": "drop must be a share between 0 and 1"}), 400
+        account_sid = str(data.get("account_sid") or config.account_sid)
+        duration = data.get("duration", 60)
+        if not isinstance(duration, int) or duration < 0:
+            return jsonify({"error": "duration must be whole seconds"}), 400
+        placed = simcalls.place(
+            state.calls, account_sid, sids, now=datetime.now(IST), duration=duration
+        )
+        url = data.get("callback_url")
+        sent, dropped = (
+            simcalls.send_callbacks(str(url), placed, float(drop), data.get("seed"))
+            if url
+            else ([], [c["Sid"] for c in placed])
+        )
+        return jsonify({"placed": len(placed), "sent": sent, "dropped": dropped}), 200
 
     @app.get("/_sim/requests")
     def requests_log() -> Response:
