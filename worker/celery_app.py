@@ -11,6 +11,7 @@ from celery import Celery, signals
 from worker.settings import Settings
 
 if TYPE_CHECKING:
+    from worker.calls.reconcile import Sweeper
     from worker.jobs.pump import Pump
     from worker.runtime import Runtime
 
@@ -22,6 +23,7 @@ class ExolegsCelery(Celery):  # type: ignore[misc]
 
     _runtime: tuple[int, Runtime] | None = None
     pump: Pump | None = None
+    sweeper: Sweeper | None = None
 
     def runtime(self) -> Runtime:
         """One Runtime per process, built after fork so no connection is shared."""
@@ -124,3 +126,20 @@ def _stop_pump(**_: Any) -> None:
     from worker.tasks import stop_pump
 
     stop_pump()
+
+
+@signals.worker_ready.connect
+def _start_sweeper(sender: Any = None, **_: Any) -> None:
+    """The reconciliation sweeper's scheduler thread (worker/calls/reconcile.py)."""
+    from worker.calls.reconcile import Sweeper
+
+    if current_settings().reconcile:
+        app.sweeper = Sweeper(app.runtime).start()
+        log.info("reconciliation sweeper started")
+
+
+@signals.worker_shutting_down.connect
+def _stop_sweeper(**_: Any) -> None:
+    if app.sweeper is not None:
+        app.sweeper.stop()
+        app.sweeper = None

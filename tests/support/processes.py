@@ -133,5 +133,23 @@ class Simulator:
         data = requests.get(f"{self.url}/_sim/requests", timeout=5).json()
         return list(data["by_call"].get(call_sid, []))
 
+    def place(
+        self,
+        sids: list[str],
+        *,
+        callback_url: str | None = None,
+        drop: float = 0.0,
+        seed: int | None = None,
+    ) -> dict[str, Any]:
+        """Calls that just ended (listed by Calls.json); their callbacks, less a dropped share."""
+        answer = requests.post(
+            f"{self.url}/_sim/calls",
+            json={"sids": sids, "callback_url": callback_url, "drop": drop, "seed": seed},
+            timeout=120,
+        )
+        answer.raise_for_status()
+        placed: dict[str, Any] = answer.json()
+        return placed
+
     def total(self) -> int:
         return int(requests.get(f"{self.url}/_sim/requests", timeout=5).json()["total"])

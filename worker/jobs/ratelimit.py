@@ -155,6 +155,18 @@ class RateLimiter:
         )
         return float(result) / 1000.0
 
+    def backlog(self, name: str) -> float:
+        """Seconds of slots already reserved ahead of now (0 when none): live work is queued.
+
+        The reconciliation sweeper waits while this is positive, so its
+        listing requests never take a slot a waiting legs fetch needs.
+        """
+        seconds, micros = self.redis.time()
+        now = float(seconds) + micros / 1e6
+        raw = self.redis.hget(keys.bucket(name), "tat")
+        tat = float(raw) if raw else 0.0
+        return max(0.0, tat - now - 1.0)
+
     def block(self, name: str, seconds: float) -> None:
         """Nobody may call ``name`` for ``seconds`` (the upstream said 429 + Retry-After)."""
         self._block(keys=[keys.bucket(name)], args=[max(0.0, seconds)])

@@ -1,0 +1,209 @@
+"""The reconciliation sweeper against the simulator's Calls.json, with a real Redis."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+import redis
+
+from tests.support.processes import Simulator
+from worker import jobs, keys
+from worker.calls import reconcile
+from worker.calls.callbacks import event_from_fields
+from worker.calls.intake import call_facts
+from worker.calls.provenance import Source
+from worker.calls.reconcile import INDIA, Tier
+from worker.calls.simulator import SimulatorConfig, start_in_thread
+from worker.runtime import Runtime
+from worker.settings import Settings
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[Simulator]:
+    server, url = start_in_thread(SimulatorConfig())
+    yield Simulator(url)
+    server.shutdown()
+
+
+@pytest.fixture
+def make_rt(env: dict[str, str], sim: Simulator, redis_client: redis.Redis):  # type: ignore[no-untyped-def]
+    sim.reset()
+    made: list[Runtime] = []
+
+    def build(**extra: str) -> Runtime:
+        config = SimulatorConfig()
+        settings = Settings.from_env(
+            {
+                **env,
+                "EXOTEL_BASE_URL": sim.url,
+                "EXOTEL_ACCOUNT_SID": config.account_sid,
+                "EXOTEL_API_KEY": config.api_key,
+                "EXOTEL_API_TOKEN": config.api_token,
+                "SINKS": "memory://a",
+                "RECONCILE_GRACE": "0",
+                "EXOTEL_RATE_LIMIT": "100/second",  # the sweeper gets a tenth of it
+                **extra,
+            },
+            dotenv=False,
+        )
+        rt = Runtime(settings, client=redis_client)
+        made.append(rt)
+        return rt
+
+    yield build
+    for rt in made:
+        rt.close()
+
+
+def default(rt: Runtime) -> Any:
+    return rt.settings.all_accounts[0]
+
+
+def booked(rt: Runtime) -> set[str]:
+    return {j.decode().split(":", 1)[1] for j in rt.redis.zrange(keys.JOBS, 0, -1)}
+
+
+def test_calls_never_accepted_are_booked_once_as_reconcile(make_rt, sim: Simulator) -> None:  # type: ignore[no-untyped-def]
+    rt = make_rt()
+    sids = [f"rc{n:03d}" for n in range(10)]
+    sim.place(sids)
+    for sid in sids[:3]:  # their callbacks came
+        rt.intake.accept(event_from_fields({"CallSid": sid, "Status": "completed"}))
+    tally = reconcile.run_tier(rt, default(rt), Tier.RECENT)
+    assert tally is not None
+    assert (tally.listed, tally.known, tally.booked) == (10, 3, 7)
+    assert booked(rt) == set(sids)
+    assert call_facts(rt.redis, "rc009").source is Source.RECONCILE
+    assert call_facts(rt.redis, "rc000").source is Source.CALLBACK
+    again = reconcile.run_tier(rt, default(rt), Tier.RECENT)
+    assert again is not None and (again.known, again.booked) == (10, 0)
+    # a callback arriving after the sweep is a duplicate and books nothing new
+    late = rt.intake.accept(event_from_fields({"CallSid": "rc009", "Status": "completed"}))
+    assert not late.fetch_booked
+
+
+def test_pages_are_followed_to_the_end(make_rt, sim: Simulator) -> None:  # type: ignore[no-untyped-def]
+    rt = make_rt()
+    sids = [f"pg{n:03d}" for n in range(230)]
+    sim.place(sids)
+    tally = reconcile.run_tier(rt, default(rt), Tier.RECENT)
+    assert tally is not None and tally.pages == 3 and tally.booked == 230
+
+
+def test_a_call_that_just_ended_waits_for_its_callback(make_rt, sim: Simulator) -> None:  # type: ignore[no-untyped-def]
+    rt = make_rt(RECONCILE_GRACE="60")
+    sim.place(["fresh1"])
+    tally = reconcile.run_tier(rt, default(rt), Tier.RECENT)
+    assert tally is not None and tally.booked == 0
+    assert tally.skipped[reconcile.Skip.JUST_ENDED] == 1
+
+
+def test_one_run_per_tier_at_a_time(make_rt) -> None:  # type: ignore[no-untyped-def]
+    rt = make_rt()
+    held = rt.redis.lock(keys.reconcile("default", "lock:recent"), timeout=30)
+    assert held.acquire(blocking=False)
+    assert reconcile.run_tier(rt, default(rt), Tier.RECENT) is None
+    held.release()
+    assert reconcile.run_tier(rt, default(rt), Tier.RECENT) is not None
+
+
+def test_tick_runs_what_is_due_and_remembers_it(make_rt, sim: Simulator) -> None:  # type: ignore[no-untyped-def]
+    rt = make_rt()
+    sim.place(["tk1"])
+    ran = reconcile.tick(rt)
+    assert {tier for _, tier, _ in ran} >= {Tier.RECENT, Tier.HOURLY}
+    assert reconcile.tick(rt) == []  # nothing is due again yet
+    assert reconcile.last_run(rt.redis, "default", Tier.RECENT) is not None
+
+
+def test_legs_unavailable_calls_are_asked_again_by_the_hourly_tier(make_rt, sim: Simulator) -> None:  # type: ignore[no-untyped-def]
+    from worker.calls.intake import mark_legs_unavailable
+
+    rt = make_rt()
+    sim.place(["lu1"])
+    rt.intake.accept(event_from_fields({"CallSid": "lu1", "Status": "completed"}))
+    rt.book.finish(jobs.fetch_id("lu1"))
+    mark_legs_unavailable(rt.redis, "lu1")
+    recent = reconcile.run_tier(rt, default(rt), Tier.RECENT)
+    assert recent is not None and recent.refetch == 0 and booked(rt) == set()
+    hourly = reconcile.run_tier(rt, default(rt), Tier.HOURLY)
+    assert hourly is not None and hourly.refetch == 1 and booked(rt) == {"lu1"}
+
+
+def test_a_listing_error_is_reported_and_retried_next_tick(make_rt, sim: Simulator) -> None:  # type: ignore[no-untyped-def]
+    rt = make_rt()
+    sim.mode("unauthorized")
+    tally = reconcile.run_tier(rt, default(rt), Tier.RECENT)
+    assert tally is not None and tally.booked == 0
+    assert reconcile.last_run(rt.redis, "default", Tier.RECENT) is None
+
+
+# --- pure scheduling ---------------------------------------------------------------
+
+
+def at(text: str) -> float:
+    return datetime.strptime(text, "%Y-%m-%d %H:%M").replace(tzinfo=INDIA).timestamp()
+
+
+def test_windows_of_each_tier() -> None:
+    s = Settings.from_env({}, dotenv=False)
+    now = at("2025-03-02 10:00")
+    since, until = reconcile.window(Tier.RECENT, now, s)
+    assert until - since == timedelta(minutes=60)
+    since, until = reconcile.window(Tier.HOURLY, now, s)
+    assert until - since == timedelta(hours=5)
+    since, until = reconcile.window(Tier.NIGHTLY, now, s)
+    assert reconcile.stamp(since) == "2025-03-01 00:00:00"
+    assert reconcile.stamp(until) == "2025-03-01 23:59:59"
+
+
+def test_nightly_is_due_once_a_day_after_its_time() -> None:
+    s = Settings.from_env({"RECONCILE_NIGHTLY_AT": "01:30"}, dotenv=False)
+    assert not reconcile.due(Tier.NIGHTLY, at("2025-03-02 01:00"), None, s)
+    assert reconcile.due(Tier.NIGHTLY, at("2025-03-02 01:31"), None, s)
+    assert not reconcile.due(Tier.NIGHTLY, at("2025-03-02 09:00"), at("2025-03-02 01:31"), s)
+    assert reconcile.due(Tier.NIGHTLY, at("2025-03-03 01:30"), at("2025-03-02 01:31"), s)
+    assert reconcile.due(Tier.RECENT, at("2025-03-02 01:05"), at("2025-03-02 01:00"), s)
+    assert not reconcile.due(Tier.RECENT, at("2025-03-02 01:04"), at("2025-03-02 01:00"), s)
+
+
+def test_any_range_is_cut_into_pieces_of_at_most_a_month() -> None:
+    since = datetime(2025, 1, 1, tzinfo=INDIA)
+    until = datetime(2025, 4, 15, 23, 59, 59, tzinfo=INDIA)
+    pieces = list(reconcile.chunks(since, until))
+    assert pieces[0][0] == since and pieces[-1][1] == until
+    assert all(b - a < timedelta(days=28) for a, b in pieces)
+    assert all(
+        b + timedelta(seconds=1) == c for (_, b), (c, _) in zip(pieces, pieces[1:], strict=False)
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"RETENTION_HOURS": "2"}, "RECONCILE_HOURLY_LOOKBACK"),
+        ({"RETENTION_HOURS": "6", "RECONCILE_HOURLY_LOOKBACK": "5h"}, "RECONCILE_NIGHTLY_AT"),
+        ({"RECONCILE_RECENT_LOOKBACK": "49h"}, "RECONCILE_RECENT_LOOKBACK"),
+        ({"RECONCILE_RATE_SHARE": "0.9"}, "RECONCILE_RATE_SHARE"),
+        ({"RECONCILE_RECENT_EVERY": "soon"}, "RECONCILE_RECENT_EVERY"),
+        ({"RECONCILE_NIGHTLY_AT": "25:00"}, "RECONCILE_NIGHTLY_AT"),
+        ({"RECONCILE": "maybe"}, "RECONCILE"),
+    ],
+)
+def test_bad_or_too_long_settings_stop_start_up_naming_the_variable(
+    env: dict[str, str], variable: str
+) -> None:
+    from worker.errors import SettingsError
+
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(env, dotenv=False)
+    assert str(caught.value).startswith(f"{variable}:")
+    assert "\n" not in str(caught.value)
+
+
+def test_the_sweeper_can_be_turned_off_with_a_short_retention() -> None:
+    s = Settings.from_env({"RETENTION_HOURS": "2", "RECONCILE": "off"}, dotenv=False)
+    assert not s.reconcile
