@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime, timedelta
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -176,9 +177,7 @@ def test_any_range_is_cut_into_pieces_of_at_most_a_month() -> None:
     pieces = list(reconcile.chunks(since, until))
     assert pieces[0][0] == since and pieces[-1][1] == until
     assert all(b - a < timedelta(days=28) for a, b in pieces)
-    assert all(
-        b + timedelta(seconds=1) == c for (_, b), (c, _) in zip(pieces, pieces[1:], strict=False)
-    )
+    assert all(b + timedelta(seconds=1) == c for (_, b), (c, _) in pairwise(pieces))
 
 
 @pytest.mark.parametrize(
