@@ -33,7 +33,14 @@ plus ``[&external_id=Exotel_Call_Sid__c][&api_version=v61.0][&agents=/path/agent
   REQUEST_LIMIT_EXCEEDED (not 429, no Retry-After), which parks deliveries
   for 15 minutes. A delivery costs two calls (search + write), so the default
   is 2 deliveries per second.
-- Errors are ``[{"message", "errorCode", "fields"}]``.
+- Fields: ``GET /sobjects/Task/describe`` (what this user sees) says which
+  Task fields exist and are writable; optional fields the user cannot see
+  (``WhoId``, ``OwnerId``, ``Description``) are left out, read once an hour
+  per process. Permissions are the connected app's OAuth scope ``api`` and the
+  integration user's profile (Task create, Contact/Lead read for the search).
+- Errors are ``[{"message", "errorCode", "fields"}]``. ``DUPLICATE_VALUE``
+  on the external id field (two upserts of one call racing) means the Task
+  is there: delivered.
 """
 
 from __future__ import annotations
@@ -56,7 +63,7 @@ from worker.errors import (
     TransientError,
 )
 from worker.settings import Rate
-from worker.sinks.base import CallRecord, SinkContext
+from worker.sinks.base import CallRecord, CheckFailed, SinkContext
 from worker.sinks.crm import (
     CrmSink,
     call_direction,
@@ -72,6 +79,7 @@ from worker.sinks.crm import (
     talk_seconds,
     token_key,
 )
+from worker.sinks.crm.fields import FieldCache, FieldInfo, FieldSpec, resolve
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
@@ -129,6 +137,7 @@ class SalesforceSink(CrmSink):
         self.refresh_token = self.query.get("refresh_token") or None
         self.username = self.query.get("username") or None
         self._key: RSAPrivateKey | None = None
+        self._task_createable = True
         if self.query.get("private_key_file"):
             self.mode = "jwt"
             self.username = self.require("username")
@@ -151,6 +160,70 @@ class SalesforceSink(CrmSink):
                 "or username= and private_key_file= (JWT bearer)",
             )
         self.cache_key = token_key("salesforce", self.login_url, self.client_id, credential)
+        self.field_cache = FieldCache(
+            self.field_specs(), self.describe_task, what="Salesforce Task"
+        )
+
+    def field_specs(self) -> list[FieldSpec]:
+        """The Task fields written; optional ones are left out where the user cannot see them."""
+        call_fields = (
+            "in Setup, give the integration user's profile (or a permission set) edit access "
+            "to this Task field; the call fields come with Salesforce Call Center"
+        )
+        specs = [
+            FieldSpec("Subject", ("Subject",)),
+            FieldSpec("TaskSubtype", ("TaskSubtype",), values=("Call",), fix=call_fields),
+            FieldSpec("Status", ("Status",), values=("Completed",)),
+            FieldSpec("ActivityDate", ("ActivityDate",)),
+            FieldSpec("CallType", ("CallType",), values=("Inbound", "Outbound"), fix=call_fields),
+            FieldSpec("CallDurationInSeconds", ("CallDurationInSeconds",), fix=call_fields),
+            FieldSpec("CallObject", ("CallObject",), fix=call_fields),
+            FieldSpec("CallDisposition", ("CallDisposition",), fix=call_fields),
+        ]
+        specs += [
+            FieldSpec(name, (name,), required=False) for name in ("Description", "WhoId", "OwnerId")
+        ]
+        if self.external_id:
+            specs.append(
+                FieldSpec(
+                    "external_id",
+                    (self.external_id,),
+                    fix="in Setup > Object Manager > Task (Activity) > Fields, create a text "
+                    "field with this API name marked External ID and Unique, or change "
+                    "external_id= in the salesforce:// URL",
+                )
+            )
+        return specs
+
+    def describe_task(self) -> dict[str, FieldInfo]:
+        """Task's fields as this user sees them (``sobjects/Task/describe``)."""
+        response = self._api("GET", "/sobjects/Task/describe", what="Task describe")
+        data = response_json(response)
+        self._task_createable = bool(isinstance(data, dict) and data.get("createable", True))
+        rows = data.get("fields") if isinstance(data, dict) else None
+        fields: dict[str, FieldInfo] = {}
+        for row in rows if isinstance(rows, list) else []:
+            if not isinstance(row, dict) or not row.get("name"):
+                continue
+            picks = row.get("picklistValues")
+            options = (
+                tuple(
+                    str(p.get("value"))
+                    for p in picks
+                    if isinstance(p, dict) and p.get("active", True)
+                )
+                if isinstance(picks, list) and picks
+                else None
+            )
+            fields[str(row["name"])] = FieldInfo(
+                str(row["name"]),
+                kind=str(row.get("type") or ""),
+                options=options,
+                writable=bool(row.get("createable", True) or row.get("updateable", True)),
+                unique=row.get("unique") if isinstance(row.get("unique"), bool) else None,
+                external_id=bool(row.get("externalId")),
+            )
+        return fields
 
     # ------------------------------------------------------------- sign-in
     def _assertion(self) -> str:
@@ -200,7 +273,8 @@ class SalesforceSink(CrmSink):
         body = data if isinstance(data, dict) else {}
         if response.status_code < 300 and isinstance(body.get("access_token"), str):
             instance = str(body.get("instance_url") or self.login_url)
-            return str(body["access_token"]), SESSION_SECONDS, {"instance_url": instance}
+            extra = {"instance_url": instance, "scope": str(body.get("scope") or "")}
+            return str(body["access_token"]), SESSION_SECONDS, extra
         if response.status_code >= 500 or response.status_code == 408:
             raise TransientError(
                 f"Salesforce sign-in answered {response.status_code}; retrying",
@@ -282,6 +356,8 @@ class SalesforceSink(CrmSink):
                 upstream_status=status,
                 upstream_code=code or None,
             )
+        if code in ("INVALID_FIELD", "INVALID_FIELD_FOR_INSERT_UPDATE"):
+            self.field_cache.forget()  # a field was hidden or removed: describe again
         if status == 403 or code in _CONFIG_CODES:
             return ConfigFaultError(
                 f"{shown}: {detail}; give the integration user access to Task and its Call "
@@ -350,7 +426,8 @@ class SalesforceSink(CrmSink):
         owner = self.owner_id(record)
         if owner:
             fields["OwnerId"] = owner
-        return fields
+        names = self.field_cache.get()
+        return {name: value for name, value in fields.items() if names.name(name)}
 
     def deliver(self, record: CallRecord) -> None:
         call_sid = str(record["call_sid"])
@@ -372,6 +449,11 @@ class SalesforceSink(CrmSink):
         what = f"Task upsert on {self.external_id} for call {call_sid}"
         try:
             response = self._api("PATCH", path, what=what, body=fields)
+        except PermanentError as err:
+            found = re.search(r"duplicate value found: (\w+)", err.message)
+            if err.upstream_code == "DUPLICATE_VALUE" and found and found[1] == self.external_id:
+                return  # a racing upsert of the same call created it first: it is there
+            raise
         except ConfigFaultError as err:
             # TaskSubtype can be set on create only: a repeat updates the Task without it.
             if (
@@ -390,30 +472,66 @@ class SalesforceSink(CrmSink):
             )
 
     def check(self) -> str:
-        response = self._api("GET", "/sobjects/Task/describe", what="Task describe (check)")
-        data = response_json(response)
-        fields = {
-            str(f.get("name")): f
-            for f in (data.get("fields") if isinstance(data, dict) else None) or []
-            if isinstance(f, dict)
-        }
-        missing = [
-            name
-            for name in ("CallObject", "CallType", "CallDurationInSeconds")
-            if name not in fields
-        ]
-        if missing:
-            raise ConfigFaultError(
-                f"Salesforce Task has no {', '.join(missing)} for this user: enable the Call "
-                "fields (Salesforce Call Center) and give the user access"
+        """Sign in, then one harmless read per endpoint family and Task's field metadata.
+
+        The session's OAuth scopes, a SOSL search (Contact and Lead read), a
+        SOQL query on Task, and ``Task/describe`` (create permission, the call
+        fields, the external id) each report their problem on its own line.
+        """
+        problems: list[str] = []
+        token = get_token(self.context.redis, self.cache_key, self.mint)
+        scopes = str(token.extra.get("scope") or "").split()
+        if scopes and not {"api", "full"} & set(scopes):
+            problems.append(
+                f"the Salesforce session's OAuth scopes are {' '.join(scopes)}: add "
+                "'Manage user data via APIs (api)' to the connected app's Selected OAuth Scopes"
             )
-        if self.external_id:
-            field = fields.get(self.external_id)
-            if field is None or not field.get("externalId"):
-                raise ConfigFaultError(
-                    f"Salesforce Task field {self.external_id} is missing or not an External ID"
+        probes = [
+            (
+                "/search",
+                {"q": "FIND {0000000000} IN PHONE FIELDS RETURNING Contact(Id), Lead(Id)"},
+                "SOSL phone search (check)",
+            ),
+            ("/query", {"q": "SELECT Id FROM Task WHERE CallObject = '' LIMIT 1"}, None),
+        ]
+        for path, params, what in probes:
+            try:
+                self._api("GET", path, what=what or "Task query (check)", params=params)
+            except (ConfigFaultError, PermanentError) as err:
+                problems.append(_with_profile_hint(err.message))
+        try:
+            fields = self.describe_task()
+        except (ConfigFaultError, PermanentError) as err:
+            problems.append(_with_profile_hint(err.message))
+        else:
+            if not self._task_createable:
+                problems.append(
+                    "the Salesforce integration user cannot create Tasks: give its profile "
+                    "(or a permission set) Create on Tasks"
                 )
-        return f"Salesforce sign-in ({self.mode}) works and Task has the call fields"
+            _, found = resolve(self.field_specs(), fields, what="Salesforce Task")
+            problems += found
+            info = fields.get(self.external_id or "")
+            if info is not None and not (info.external_id and info.unique is not False):
+                problems.append(
+                    f"Salesforce Task field {self.external_id} is not an External ID marked "
+                    "Unique: edit the field in Setup and tick both"
+                )
+        if problems:
+            raise CheckFailed(list(dict.fromkeys(problems)))
+        return (
+            f"Salesforce sign-in ({self.mode}) works; Contacts, Leads and Tasks answer and "
+            "Task has the call fields"
+        )
+
+
+def _with_profile_hint(message: str) -> str:
+    if "INVALID_TYPE" in message:
+        return (
+            f"{message}; give the integration user's profile Read on Contacts and Leads "
+            "(the caller is searched in both)"
+        )
+    return message
 
 
 def _b64url(data: bytes) -> str:

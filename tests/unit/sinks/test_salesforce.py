@@ -21,7 +21,7 @@ from worker.errors import (
     TransientError,
 )
 from worker.settings import Rate, Settings
-from worker.sinks.base import SinkContext
+from worker.sinks.base import CheckFailed, SinkContext
 from worker.sinks.registry import build_sink
 from worker.sinks.salesforce import SalesforceSink
 
@@ -301,7 +301,76 @@ def test_server_errors_are_transient(org: FakeSalesforce, make_sink: MakeSink, s
         make_sink().deliver(make_record(SID))
 
 
-def test_check_describes_task(org: FakeSalesforce, make_sink: MakeSink) -> None:
+def test_check_describes_task_and_probes_each_endpoint(
+    org: FakeSalesforce, make_sink: MakeSink
+) -> None:
     assert "call fields" in make_sink("&external_id=Exotel_Call_Sid__c").check()
-    with pytest.raises(ConfigFaultError, match="not an External ID"):
+    assert org.seen("GET", r".*/search") and org.seen("GET", r".*/query")
+    assert org.seen("GET", r".*/sobjects/Task/describe") and org.tasks == {}
+
+
+def test_check_reports_a_missing_permission_and_a_missing_field_with_the_fix(
+    org: FakeSalesforce, make_sink: MakeSink
+) -> None:
+    org.readable = {"Contact", "Task"}  # the profile cannot read Leads
+    org.hidden_fields = {"CallObject"}  # field-level security hides it
+    with pytest.raises(CheckFailed) as caught:
         make_sink("&external_id=Other__c").check()
+    search, field, external = caught.value.problems
+    assert "INVALID_TYPE" in search and "Read on Contacts and Leads" in search
+    assert "Salesforce Task has no field CallObject" in field and "edit access" in field
+    assert "no field Other__c" in external and "External ID and Unique" in external
+
+
+def test_check_reports_a_connected_app_without_the_api_scope(
+    org: FakeSalesforce, make_sink: MakeSink
+) -> None:
+    org.oauth_scopes = "id refresh_token"
+    with pytest.raises(CheckFailed) as caught:
+        make_sink().check()
+    assert "add 'Manage user data via APIs (api)'" in caught.value.problems[0]
+
+
+def test_a_profile_without_task_create_is_reported(
+    org: FakeSalesforce, make_sink: MakeSink
+) -> None:
+    org.task_createable = False
+    with pytest.raises(CheckFailed) as caught:
+        make_sink().check()
+    assert caught.value.problems == [
+        "the Salesforce integration user cannot create Tasks: give its profile "
+        "(or a permission set) Create on Tasks"
+    ]
+
+
+def test_fields_the_user_cannot_see_are_left_out(org: FakeSalesforce, make_sink: MakeSink) -> None:
+    org.hidden_fields = {"OwnerId", "Description"}
+    make_sink().deliver(make_record(SID))
+    (task,) = org.tasks_for(SID)
+    assert "OwnerId" not in task and "Description" not in task
+    assert len(org.seen("GET", r".*/sobjects/Task/describe")) == 1
+
+
+def test_a_duplicate_value_on_the_external_id_means_the_task_is_there(
+    org: FakeSalesforce, make_sink: MakeSink
+) -> None:
+    sink = make_sink("&external_id=Exotel_Call_Sid__c")
+    sink.deliver(make_record(SID))
+    org.duplicate_value()  # a racing upsert of the same call won
+    sink.deliver(make_record(SID))
+    assert len(org.tasks_for(SID)) == 1
+
+
+def test_a_duplicate_value_on_another_field_is_permanent(
+    org: FakeSalesforce, make_sink: MakeSink
+) -> None:
+    org.duplicate_value("Some_Unique__c")
+    with pytest.raises(PermanentError, match="DUPLICATE_VALUE"):
+        make_sink("&external_id=Exotel_Call_Sid__c").deliver(make_record(SID))
+
+
+def test_a_masked_caller_is_not_searched_for(org: FakeSalesforce, make_sink: MakeSink) -> None:
+    make_sink().deliver(make_record(SID, customer="0987xxxxxxx"))
+    assert org.seen("GET", r".*/search") == []
+    (task,) = org.tasks_for(SID)
+    assert "WhoId" not in task

@@ -128,7 +128,7 @@ def _salesforce(env: CaseEnv, extra: str) -> SinkCase:
                 sink,
                 400,
                 sf_error("FIELD_CUSTOM_VALIDATION_EXCEPTION", "Subject is too vague", ["Subject"]),
-                api,
+                r"/services/data/[^/]+/sobjects/Task(/(?!describe$)[^/]+/.+)?",  # the write
             ),
         },
         secrets=(fake.client_secret,),

@@ -1,15 +1,29 @@
 """A fake Salesforce org: OAuth token endpoint and the REST API bits the sink uses.
 
-Sign-in (``POST /services/oauth2/token``, form-encoded) supports the client
-credentials, refresh token and JWT bearer grants; the JWT is verified with the
-connected app's certificate key (RS256, iss/sub/aud/exp). The token answer
-names this server as ``instance_url``. The REST API (``/services/data/v61.0``)
-checks ``Authorization: Bearer``, answers 401 INVALID_SESSION_ID for expired
-sessions, SOSL phone search, SOQL on Task.CallObject, Task create, Task upsert
-by external id (201 created / 200 updated / 300 several matches, and the
-create-only TaskSubtype refused on update), and Task describe. Errors are
-Salesforce's ``[{"message", "errorCode", "fields"}]``; running out of API
-allocation is 403 REQUEST_LIMIT_EXCEEDED with ``Sforce-Limit-Info``.
+It behaves as Salesforce documents, not as the sink assumes:
+
+- Sign-in (``POST /services/oauth2/token``, form-encoded) supports the client
+  credentials, refresh token and JWT bearer grants; the JWT is verified with
+  the connected app's certificate key (RS256, iss/sub/aud/exp). The token
+  answer names this server as ``instance_url`` and lists the connected app's
+  OAuth scopes (:attr:`FakeSalesforce.oauth_scopes`); REST needs ``api``
+  (https://help.salesforce.com/s/articleView?id=sf.remoteaccess_oauth_tokens_scopes.htm)
+  and a session without it is refused with 401 INVALID_SESSION_ID.
+- Permissions follow the integration user's profile: SOSL ``RETURNING`` an
+  object the user cannot read is 400 INVALID_TYPE; ``Task/describe`` shows
+  only the fields the user can see, with ``createable``/``updateable``,
+  ``externalId``/``unique`` and picklist values
+  (https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/resources_sobject_describe.htm),
+  and Task ``createable`` false when the profile lacks Create.
+- SOSL phone search, SOQL on Task.CallObject, Task create, Task upsert by
+  external id: 201 created / 200 updated / **300** when several records hold
+  the value (https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/dome_upsert.htm),
+  and the create-only TaskSubtype refused on update.
+- Errors are ``[{"message", "errorCode", "fields"}]``
+  (https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/errorcodes.htm);
+  a second record with a Unique field's value is 400 ``DUPLICATE_VALUE``
+  (:meth:`FakeSalesforce.duplicate_value`); running out of API allocation
+  is 403 REQUEST_LIMIT_EXCEEDED with ``Sforce-Limit-Info``.
 """
 
 from __future__ import annotations
@@ -68,7 +82,12 @@ class FakeSalesforce(FakeServer):
         self.users = {"0055g00000AbCdEAAA", "0055g00000AbCdFAAA"}
         self.tasks: dict[str, dict[str, Any]] = {}
         self.external_ids = {"Exotel_Call_Sid__c"}
+        self.oauth_scopes = "api"
+        self.readable = {"Contact", "Lead", "Task"}  # the integration user's profile
+        self.task_createable = True
+        self.hidden_fields: set[str] = set()  # Task fields field-level security hides
         self._ids = itertools.count(1)
+        self._api_sessions: set[str] = set()
 
     # ------------------------------------------------------------ helpers
     def add(self, kind: str, phone: str) -> str:
@@ -88,6 +107,21 @@ class FakeSalesforce(FakeServer):
     def expire_sessions(self) -> None:
         self.sessions.clear()
 
+    def duplicate_value(self, field: str = "Exotel_Call_Sid__c") -> None:
+        """The next write is refused as a Unique field's duplicate."""
+        self.fail_next(
+            400,
+            sf_error(
+                "DUPLICATE_VALUE",
+                f"duplicate value found: {field} duplicates value on record with id: "
+                "00T5g000001AbCdEAK",
+            ),
+            path=r"/services/data/[^/]+/sobjects/Task(/(?!describe$)[^/]+/.+)?",  # writes
+        )
+
+    def visible_fields(self) -> set[str]:
+        return (TASK_FIELDS | self.external_ids) - self.hidden_fields
+
     def limit_exceeded(self) -> None:
         self.fail_next(
             403,
@@ -102,6 +136,13 @@ class FakeSalesforce(FakeServer):
         auth = seen.headers.get("authorization", "")
         if not auth.startswith("Bearer ") or auth[7:] not in self.sessions:
             return Reply(401, sf_error("INVALID_SESSION_ID", "Session expired or invalid"))
+        if auth[7:] not in self._api_sessions:
+            return Reply(
+                401,
+                sf_error(
+                    "INVALID_SESSION_ID", "This session is not valid for use with the REST API"
+                ),
+            )
         self.expect(seen.path.startswith(API + "/"), f"REST paths start with {API}")
         rest = seen.path[len(API) :]
         if seen.method == "GET" and rest in ("/search", "/search/"):
@@ -109,9 +150,7 @@ class FakeSalesforce(FakeServer):
         if seen.method == "GET" and rest in ("/query", "/query/"):
             return self._soql(seen.query.get("q", ""))
         if seen.method == "GET" and rest == "/sobjects/Task/describe":
-            fields = [{"name": n, "externalId": False} for n in sorted(TASK_FIELDS)]
-            fields += [{"name": n, "externalId": True} for n in sorted(self.external_ids)]
-            return Reply(200, {"name": "Task", "fields": fields})
+            return self._describe()
         if seen.method == "POST" and rest == "/sobjects/Task":
             return self._create(seen.json)
         match = re.fullmatch(r"/sobjects/Task/(\w+)/(.+)", rest)
@@ -173,13 +212,15 @@ class FakeSalesforce(FakeServer):
         session = "00D5g000004Abcd!" + secrets.token_urlsafe(48)
         with self.lock:
             self.sessions.add(session)
+            if "api" in self.oauth_scopes.split() or "full" in self.oauth_scopes.split():
+                self._api_sessions.add(session)
             self.sign_ins.append(grant)
         return Reply(
             200,
             {
                 "access_token": session,
                 "signature": base64.b64encode(secrets.token_bytes(32)).decode(),
-                "scope": "api",
+                "scope": self.oauth_scopes,
                 "instance_url": self.url,
                 "id": "https://login.salesforce.com/id/00D5g000004AbcdEAC/0055g00000AbCdEAAA",
                 "token_type": "Bearer",
@@ -217,12 +258,48 @@ class FakeSalesforce(FakeServer):
         )
 
     # ------------------------------------------------------------ queries
+    def _describe(self) -> Reply:
+        picklists = {
+            "CallType": ["Inbound", "Outbound", "Internal"],
+            "Status": ["Not Started", "In Progress", "Completed", "Waiting on someone else"],
+            "TaskSubtype": ["Task", "Email", "Call", "ListEmail", "Cadence"],
+            "Priority": ["High", "Normal", "Low"],
+        }
+        fields = []
+        for name in sorted(self.visible_fields()):
+            external = name in self.external_ids
+            fields.append(
+                {
+                    "name": name,
+                    "type": "picklist" if name in picklists else "string",
+                    "createable": True,
+                    "updateable": name != "TaskSubtype",
+                    "externalId": external,
+                    "unique": external,
+                    "picklistValues": [
+                        {"value": v, "label": v, "active": True} for v in picklists.get(name, [])
+                    ],
+                }
+            )
+        body = {"name": "Task", "createable": self.task_createable, "fields": fields}
+        return Reply(200, body)
+
     def _sosl(self, q: str) -> Reply:
         match = re.fullmatch(
             r"FIND \{([^}]+)\} IN PHONE FIELDS RETURNING Contact\(Id\), Lead\(Id\)", q
         )
         self.expect(match, f"unexpected SOSL {q!r}")
         assert match is not None
+        for kind in ("Contact", "Lead"):
+            if kind not in self.readable:
+                return Reply(
+                    400,
+                    sf_error(
+                        "INVALID_TYPE",
+                        f"sObject type '{kind}' is not supported. If you are attempting to use "
+                        "a custom object, be sure to append the '__c' after the entity name.",
+                    ),
+                )
         terms = [t.strip() for t in match.group(1).split(" OR ")]
         for term in terms:
             self.expect(re.fullmatch(r"\d{2,}", term), f"SOSL term {term!r} needs escaping")
@@ -254,7 +331,7 @@ class FakeSalesforce(FakeServer):
     # ------------------------------------------------------------ writes
     def _invalid(self, body: Any, *, creating: bool) -> Reply | None:
         self.expect(isinstance(body, dict), "sObject bodies are JSON objects")
-        unknown = [k for k in body if k not in TASK_FIELDS | self.external_ids]
+        unknown = [k for k in body if k not in self.visible_fields()]
         if unknown:
             return Reply(
                 400,
@@ -314,6 +391,14 @@ class FakeSalesforce(FakeServer):
         return f"00T5g00000{next(self._ids):08d}"
 
     def _create(self, body: Any) -> Reply:
+        if not self.task_createable:
+            return Reply(
+                400,
+                sf_error(
+                    "INSUFFICIENT_ACCESS_OR_READONLY",
+                    "insufficient access rights on object id",
+                ),
+            )
         bad = self._invalid(body, creating=True)
         if bad:
             return bad
