@@ -242,7 +242,10 @@ class LeadSquaredSink(CrmSink):
         response = self.http.request(
             "GET", self.activity_types_url, what="activity types (check)", headers=self._headers()
         )
-        if response.status_code >= 300:
+        types_known = response.status_code != 404
+        if not types_known:
+            pass  # this host has no activity-types API: the connector cannot be confirmed
+        elif response.status_code >= 300:
             err = self._error(response, "activity types (check)")
             if not isinstance(err, ConfigFaultError):
                 raise err
@@ -267,9 +270,15 @@ class LeadSquaredSink(CrmSink):
             raise err  # LeadSquared is down or slow: the check itself failed
         if problems:
             raise CheckFailed(problems)
+        types = (
+            "the phone call activity types exist"
+            if types_known
+            else "the activity types could not be read (404), so the telephony connector is "
+            "not confirmed"
+        )
         return (
-            f"authenticated at {host}; the phone call activity types exist and the keys may "
-            f"call {LOG_CALL_PATH} (an empty call log was refused, as it should be)"
+            f"authenticated at {host}; {types}; the keys may call {LOG_CALL_PATH} (an empty "
+            "call log was refused, as it should be)"
         )
 
 

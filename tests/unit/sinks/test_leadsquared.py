@@ -279,3 +279,15 @@ def test_check_reports_wrong_keys(
     )
     with pytest.raises(ConfigFaultError, match="access_key/secret_key"):
         bad.check()
+
+
+def test_check_tolerates_a_host_without_the_activity_types_api(
+    make_sink: MakeSink, lsq: FakeLeadSquared
+) -> None:
+    lsq.fail_next(
+        404,
+        lsq_error("MXAPINotFoundException", "The API could not be found."),
+        path=r".*/ActivityTypes\.Get",
+    )
+    said = make_sink().check()
+    assert "not confirmed" in said

@@ -23,8 +23,8 @@ It behaves as LeadSquared documents, not as the sink assumes:
   telephony and activity-type APIs with a 500 ``MXUnAuthorizedAccessException``
   (the exact type for a role refusal is not documented).
 - ``GET /v2/ProspectActivity.svc/ActivityTypes.Get`` lists the account's
-  activity types (https://apidocs.leadsquared.com/get-activity-types/); the
-  phone call activities exist once the telephony connector is installed.
+  activity types (LeadSquared's activity APIs, https://apidocs.leadsquared.com/);
+  the phone call activities exist once the telephony connector is installed.
 """
 
 from __future__ import annotations
