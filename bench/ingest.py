@@ -54,7 +54,7 @@ from bench.common import (
     wait_until,
     workdir,
 )
-from worker import keys
+from worker import jobs
 
 P99_GOAL_MS = 10.0
 RATIO_GOAL = 0.5
@@ -180,7 +180,7 @@ def server_cpu(run: Run) -> float:
 def verify(redis: PrivateRedis, terminal_sids: list[str], work: Path) -> tuple[bool, str]:
     """One booked fetch per terminal CallSid we got a 200 for, and nothing else."""
     client = redis.client()
-    members: list[bytes] = client.zrange(keys.JOBS, 0, -1)  # type: ignore[assignment]
+    members: list[bytes] = client.zrange(jobs.JOBS, 0, -1)  # type: ignore[assignment]
     booked = {m.decode() for m in members}
     expected = {f"fetch:{sid}" for sid in terminal_sids}
     spooled = list((work / "spool").glob("*.json")) if (work / "spool").is_dir() else []

@@ -55,11 +55,12 @@ from bench.common import (
     wait_until,
     workdir,
 )
-from worker import keys
+from worker import jobs, keys
 from worker.calls.callbacks import CallbackEvent, event_from_fields
 from worker.calls.intake import Intake
 from worker.calls.simulator import SimulatorConfig
 from worker.jobs import ledger
+from worker.jobs.deadletters import DEAD
 
 RATIO_GOAL = 0.5
 POLL = 0.01  # seconds between completion checks (ZCARD / GET: negligible load)
@@ -278,7 +279,7 @@ def run_ours(
             child,
             store,
             lambda: [intake.accept(e) for e in events],
-            lambda: client.zcard(keys.JOBS) == 0,
+            lambda: client.zcard(jobs.JOBS) == 0,
             "the job book to empty",
             args.timeout,
         )
@@ -288,7 +289,7 @@ def run_ours(
     for sid in sids:
         pipe.hget(keys.ledger(sid), sink)
     missing = sum(1 for state in pipe.execute() if state is None or state.startswith(b"pending"))
-    dead = client.zcard(keys.DEAD)
+    dead = client.zcard(DEAD)
     fetched = sim.total() - len(warm)
     if missing or dead or fetched != args.calls:
         raise RuntimeError(

@@ -1,4 +1,4 @@
-"""Every Redis key exolegs uses, in one place, so operators can find them."""
+"""Redis key names outside the job book (see worker/jobs for the book's own)."""
 
 from __future__ import annotations
 
@@ -31,21 +31,10 @@ def ledger(call_sid: str, account: str = DEFAULT_ACCOUNT) -> str:
     return f"{namespace(account)}:ledger:{call_sid}"
 
 
-JOBS = f"{PREFIX}:jobs"  # sorted set: job id -> due time (unix seconds)
-
-
-def job(job_id: str) -> str:
-    """Hash of a job's attempts, first/last attempt times and last error."""
-    return f"{PREFIX}:job:{job_id}"
-
+# The job book's keys (jobs, job state, locks, sink slots, dead letters) are
+# named in worker/jobs/book.py and worker/jobs/deadletters.py, which alone write them.
 
 EPOCH = f"{PREFIX}:epoch"  # hash: id, created_at[, wiped_at, previous]; see worker/checks.py
-
-DEAD = f"{PREFIX}:dead"  # sorted set: job id -> failed-at
-
-
-def dead(job_id: str) -> str:
-    return f"{PREFIX}:dead:{job_id}"
 
 
 def dead_of(call_sid: str, account: str = DEFAULT_ACCOUNT) -> str:

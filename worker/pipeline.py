@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -36,6 +35,7 @@ from worker.errors import (
     RateLimitedError,
 )
 from worker.jobs import JobId, ledger
+from worker.jobs.book import job_key
 from worker.settings import DEFAULT_ACCOUNT, Account, Rate
 from worker.sinks import fleet
 
@@ -56,7 +56,7 @@ def take_slot(rt: Runtime, job_id: str, limit_name: str, rate: Rate) -> None:
     the strict gate; if it is refused (it came late, bunched with others) it
     keeps its place and waits only as long as the gate says.
     """
-    wait = rt.limiter.take(limit_name, rate, keys.job(job_id))
+    wait = rt.limiter.take(limit_name, rate, job_key(job_id))
     if wait > 0:
         raise Deferred(wait, f"waiting {wait:.2f}s for its {limit_name} rate-limit slot")
     if wait < 0:
@@ -170,10 +170,7 @@ def _book_deliveries(
         )
     if upgrade:
         upgrade_sinks(pipe, call_sid, sorted(names), account)
-    now = time.time()
-    deliveries = {jobs.deliver_id(call_sid, name, account): now for name in names}
-    if deliveries:
-        pipe.zadd(keys.JOBS, deliveries, nx=True)
+    rt.book.schedule_many([jobs.deliver_id(call_sid, name, account) for name in names], pipe=pipe)
     pipe.execute()
 
 

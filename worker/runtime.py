@@ -12,6 +12,7 @@ from worker.calls.intake import Intake
 from worker.jobs import JobBook
 from worker.jobs.circuit import Circuit
 from worker.jobs.deadletters import DeadLetters
+from worker.jobs.heartbeat import Heartbeat
 from worker.jobs.ratelimit import RateLimiter
 from worker.settings import Account, Settings
 
@@ -61,7 +62,15 @@ class Runtime:
 
     @cached_property
     def book(self) -> JobBook:
-        return JobBook(self.redis, lease_seconds=self.settings.job_lease_seconds)
+        return JobBook(
+            self.redis,
+            lease_seconds=self.settings.job_lease_seconds,
+            sink_concurrency=self.settings.sink_concurrency,
+        )
+
+    @cached_property
+    def heartbeat(self) -> Heartbeat:
+        return Heartbeat(self.book)
 
     @cached_property
     def limiter(self) -> RateLimiter:

@@ -1,6 +1,8 @@
 """Thin Celery tasks: decode ids, apply the retry policy, bind log context.
 
-The work is in :mod:`worker.pipeline`; the waiting is in the job book.
+The work is in :mod:`worker.pipeline`; the waiting is in the job book. Each
+message carries the fencing token of the claim that sent it: a job runs only
+for its current claim (see :mod:`worker.jobs.book`).
 """
 
 from __future__ import annotations
@@ -8,12 +10,12 @@ from __future__ import annotations
 import logging
 import time
 
-from worker import jobs, pipeline
+from worker import jobs, keys, pipeline
 from worker.celery_app import app
 from worker.errors import Deferred, ExolegsError, Kind, TransientError
-from worker.jobs import JobId
+from worker.jobs import Batch, JobId, Outcome
 from worker.jobs.pump import Pump
-from worker.jobs.retry import DEAD, PARK, decide
+from worker.jobs.retry import decide
 from worker.runtime import Runtime
 from worker.settings import DEFAULT_ACCOUNT
 
@@ -26,107 +28,129 @@ BATCH_BUDGET_FRACTION = 0.25
 
 
 @app.task(name="exolegs.fetch_legs", ignore_result=True)
-def fetch_legs(call_sids: list[str], account: str = DEFAULT_ACCOUNT) -> list[str]:
-    """Fetch and enrich each call of one account (a batch when there is a backlog)."""
-    return run_batch(app.runtime(), [JobId(jobs.FETCH, sid, None, account) for sid in call_sids])
+def fetch_legs(call_sids: list[str], account: str = DEFAULT_ACCOUNT, token: str = "") -> list[str]:
+    """Fetch and enrich each call of one account (a batch when there is a backlog).
+
+    ``token`` is the fencing token of the claim that sent the message; a
+    message without one (from an older worker) runs nothing, and its jobs
+    come due again within a lease.
+    """
+    ids = tuple(JobId(jobs.FETCH, sid, None, account) for sid in call_sids)
+    return [str(o) for o in run_batch(app.runtime(), Batch(token, ids, 0.0))]
 
 
 @app.task(name="exolegs.deliver", ignore_result=True)
-def deliver(call_sids: list[str], sink: str, account: str = DEFAULT_ACCOUNT) -> list[str]:
+def deliver(
+    call_sids: list[str], sink: str, account: str = DEFAULT_ACCOUNT, token: str = ""
+) -> list[str]:
     """Deliver each call of one account to one sink; other sinks have their own tasks."""
-    return run_batch(app.runtime(), [JobId(jobs.DELIVER, sid, sink, account) for sid in call_sids])
+    ids = tuple(JobId(jobs.DELIVER, sid, sink, account) for sid in call_sids)
+    return [str(o) for o in run_batch(app.runtime(), Batch(token, ids, 0.0))]
 
 
-def dispatch(batch: list[JobId]) -> None:
-    """One message per batch; a batch holds one kind of job of one account (and one sink)."""
-    first = batch[0]
-    sids = [job.call_sid for job in batch]
-    extra = {} if first.account == DEFAULT_ACCOUNT else {"account": first.account}
+def dispatch(batch: Batch) -> None:
+    """One message per claimed batch: one kind of job of one account (and one sink).
+
+    It carries the claim's fencing token; its header lets the pump see how
+    long the oldest message has waited in the queue.
+    """
+    first = batch.jobs[0]
+    sids = [job.call_sid for job in batch.jobs]
+    extra: dict[str, str] = {"token": batch.token}
+    if first.account != DEFAULT_ACCOUNT:
+        extra["account"] = first.account
+    headers = {"exolegs_claimed_at": batch.claimed_at}
     if first.kind == jobs.FETCH:
-        fetch_legs.apply_async(args=[sids], kwargs=extra)
+        fetch_legs.apply_async(args=[sids], kwargs=extra, headers=headers)
     else:
-        deliver.apply_async(args=[sids, first.sink], kwargs=extra)
+        deliver.apply_async(args=[sids, first.sink], kwargs=extra, headers=headers)
 
 
-def run_batch(rt: Runtime, batch: list[JobId]) -> list[str]:
-    """Each job on its own; what is left when the time budget runs out goes back due now."""
+def run_batch(rt: Runtime, batch: Batch) -> list[Outcome]:
+    """Each job on its own; what is left when the time budget runs out goes back due now.
+
+    A delivery batch holds one of its sink's concurrency slots while it runs.
+    """
     deadline = time.monotonic() + rt.settings.job_lease_seconds * BATCH_BUDGET_FRACTION
-    outcomes = []
-    for n, job in enumerate(batch):
-        if time.monotonic() > deadline:
-            for rest in batch[n:]:
-                rt.book.reschedule(str(rest), 0)
-            outcomes += ["handed back"] * (len(batch) - n)
-            break
-        outcomes.append(execute(rt, job))
+    outcomes: list[Outcome] = []
+    first = batch.jobs[0]
+    with rt.heartbeat.slot(first.sink, batch.slot):
+        for n, job in enumerate(batch.jobs):
+            if time.monotonic() > deadline:
+                for rest in batch.jobs[n:]:
+                    rt.book.release(str(rest), batch.token, 0)
+                outcomes += [Outcome.HANDED_BACK] * (len(batch.jobs) - n)
+                break
+            outcomes.append(execute(rt, job, batch.token))
     return outcomes
 
 
-def execute(rt: Runtime, job: JobId) -> str:
-    """Run one job once; returns what happened (for logs and tests)."""
+def execute(rt: Runtime, job: JobId, token: str) -> Outcome:
+    """Run one job once under claim ``token``; returns what happened (for logs and tests)."""
     job_id = str(job)
-    started = rt.book.begin(job_id, pipeline.upstream_of(rt, job))
-    if isinstance(started, str):
-        return started  # "stale": finished already; "busy": another copy runs it
+    started = rt.book.begin(job_id, token, keys.circuit(pipeline.upstream_of(rt, job)))
+    if isinstance(started, Outcome):
+        return started  # STALE: not this claim's to run; BUSY: a copy of it runs
     context = f"call={job.call_sid} job={job_id}"
     attempt = started.attempt
-    try:
-        if job.kind == jobs.FETCH:
-            pipeline.fetch_call(
-                rt, job.call_sid, account=job.account, circuit_open=started.circuit_open
-            )
-        else:
-            pipeline.deliver_call(
-                rt,
-                job.call_sid,
-                job.sink or "",
-                account=job.account,
-                force=started.force,
-                circuit_open=started.circuit_open,
-            )
-    except Deferred as wait:
-        rt.book.undo_attempt(job_id)
-        rt.book.reschedule(job_id, wait.delay)
-        log.debug("%s deferred: %s", context, wait.reason)
-        outcome = "deferred"
-    except ExolegsError as err:
-        outcome = _failed(rt, job, attempt, err)
-    except Exception as err:
-        log.exception("%s failed unexpectedly; will retry", context)
-        wrapped = TransientError(f"unexpected {type(err).__name__}: {err}")
-        outcome = _failed(rt, job, attempt, wrapped)
-    else:
-        rt.book.finish(job_id)  # also drops the lock
-        log.info("%s done (attempt %d)", context, attempt)
-        return "done"
-    rt.book.unlock(job_id)
-    return outcome
+    with rt.heartbeat.run(job_id, token):
+        try:
+            if job.kind == jobs.FETCH:
+                pipeline.fetch_call(
+                    rt, job.call_sid, account=job.account, circuit_open=started.circuit_open
+                )
+            else:
+                pipeline.deliver_call(
+                    rt,
+                    job.call_sid,
+                    job.sink or "",
+                    account=job.account,
+                    force=started.force,
+                    circuit_open=started.circuit_open,
+                )
+        except Deferred as wait:
+            rt.book.release(job_id, token, wait.delay, undo_attempt=True)
+            log.debug("%s deferred: %s", context, wait.reason)
+            return Outcome.DEFERRED
+        except ExolegsError as err:
+            return _failed(rt, job, token, attempt, err)
+        except Exception as err:
+            log.exception("%s failed unexpectedly; will retry", context)
+            wrapped = TransientError(f"unexpected {type(err).__name__}: {err}")
+            return _failed(rt, job, token, attempt, wrapped)
+        except BaseException:
+            # Cancelled (a cold shutdown, a hard time limit): due again now, under a new claim.
+            rt.book.release(job_id, token, 0)
+            raise
+        rt.book.finish(job_id, token)  # also drops the lock
+    log.info("%s done (attempt %d)", context, attempt)
+    return Outcome.DONE
 
 
-def _failed(rt: Runtime, job: JobId, attempt: int, err: ExolegsError) -> str:
+def _failed(rt: Runtime, job: JobId, token: str, attempt: int, err: ExolegsError) -> Outcome:
     job_id = str(job)
     decision = decide(err, attempt, rt.settings)
-    rt.book.record_error(job_id, err.message)
     context = f"call={job.call_sid} job={job_id} attempt={attempt}"
-    if decision.action == DEAD and job.kind == jobs.FETCH and pipeline.legs_absent(err):
+    if decision.action is Outcome.DEAD and job.kind == jobs.FETCH and pipeline.legs_absent(err):
         # Exotel never had the legs: the callback still says who called and how
         # it ended, so the sinks get that (legs: unavailable), not a dead letter.
         record = pipeline.deliver_without_legs(rt, job.call_sid, job.account)
-        rt.book.finish(job_id)
+        rt.book.finish(job_id, token)
         if record is not None:
             log.warning(
                 "%s legs unavailable (%s): delivering the record built from the callback",
                 context,
                 err.message,
             )
-        return "unavailable"
-    if decision.action == DEAD:
+        return Outcome.UNAVAILABLE
+    if decision.action is Outcome.DEAD:
         from worker.calls.intake import terminal_callback
 
         callback, _, _ = terminal_callback(rt.redis, job.call_sid, job.account)
         reason = "permanent error" if err.kind is Kind.PERMANENT else "retries exhausted"
         rt.dead.add(
             job,
+            token=token,
             reason=reason,
             error=err.message,
             upstream_status=err.upstream_status,
@@ -140,24 +164,26 @@ def _failed(rt: Runtime, job: JobId, attempt: int, err: ExolegsError) -> str:
             err.message,
             job.call_sid,
         )
-        return "dead"
-    if decision.action == PARK:
-        rt.book.undo_attempt(job_id)
-        rt.book.reschedule(job_id, decision.delay)
+        return Outcome.DEAD
+    if decision.action is Outcome.PARKED:
+        rt.book.release(job_id, token, decision.delay, undo_attempt=True, error=err.message)
         log.debug("%s parked for %.0fs: %s", context, decision.delay, err.message)
-        return "parked"
+        return Outcome.PARKED
     if err.kind is Kind.RATE_LIMITED and job.kind == jobs.FETCH and err.retry_after:
         rt.limiter.block(pipeline.upstream_of(rt, job), err.retry_after)
-    rt.book.reschedule(job_id, decision.delay)
+    rt.book.release(job_id, token, decision.delay, error=err.message)
     log.warning("%s will retry in %.1fs: %s", context, decision.delay, err.message)
-    return "retry"
+    return Outcome.RETRY
 
 
 def start_pump() -> Pump:
     rt = app.runtime()
-    queue = app.conf.task_default_queue
-    app.pump = Pump(rt.book, dispatch, queued=lambda: int(rt.redis.llen(queue))).start()
-    log.info("job pump started (lease %.0fs)", rt.settings.job_lease_seconds)
+    app.pump = Pump(rt.book, dispatch, queue=app.conf.task_default_queue).start()
+    log.info(
+        "job pump started (lease %.0fs, %d message(s) in flight per sink)",
+        rt.settings.job_lease_seconds,
+        rt.settings.sink_concurrency,
+    )
     return app.pump
 
 

@@ -18,7 +18,7 @@ from flask.testing import FlaskClient
 from tests.conftest import CALLBACK_TOKEN
 from tests.support.processes import ROOT, Proc, Simulator, read_jsonl, start_worker, wait_for
 from tests.support.redis_server import RedisServer
-from worker import keys
+from worker import jobs
 from worker.calls.callbacks import event_from_fields
 from worker.runtime import Runtime
 from worker.settings import Settings
@@ -116,7 +116,7 @@ def test_fetch_delay_is_kept_in_redis_not_in_a_worker(
         book(settings, ["later1"])
         time.sleep(1.5)
         # waiting: in the job book, not as an unacknowledged Celery message
-        assert redis_client.zscore(keys.JOBS, "fetch:later1") is not None
+        assert redis_client.zscore(jobs.JOBS, "fetch:later1") is not None
         assert redis_client.llen("exolegs") == 0
         assert redis_client.hlen("unacked") == 0
         assert simulator.requests_for("later1") == []

@@ -34,7 +34,7 @@ from worker.logs import configure_logging, init_sentry
 from worker.runtime import Runtime
 from worker.settings import Settings
 from worker.sinks.crm import forget_local_tokens
-from worker.tasks import execute
+from worker.tasks import run_batch
 
 DSN_KEY = "5e1f0e2d3c4b5a69788796a5b4c3d2e1"
 WEBHOOK_SECRET = "whsec_cHJpdmFjeS10ZXN0LTdmM2E5YzJlMWI="
@@ -161,20 +161,20 @@ def test_sentry_envelopes_hold_no_secret_and_no_number(
         # 1. Exotel answers 401: the fetch fails and the Exotel circuit opens.
         sim.mode("unauthorized")
         rt.intake.accept(event_from_fields(callback))
-        outcomes = [execute(rt, jobs.JobId.parse(j)) for j in rt.book.claim()]
+        outcomes = [o for b in rt.book.claim() for o in run_batch(rt, b)]
         assert outcomes and "done" not in outcomes
         # 2. Exotel works again: the record is built, then both sinks fail.
         sim.mode("normal")
         circuit = rt.circuit(rt.exotel_limit_name)
         redis_client.delete(circuit.key + ":probe")
-        redis_client.zadd(keys.JOBS, {"fetch:privacy-call-1": 0}, xx=True)
-        assert [execute(rt, jobs.JobId.parse(j)) for j in rt.book.claim()] == ["done"]
+        redis_client.zadd(jobs.JOBS, {"fetch:privacy-call-1": 0}, xx=True)
+        assert [o for b in rt.book.claim() for o in run_batch(rt, b)] == ["done"]
         record = json.loads(redis_client.get(keys.record("privacy-call-1")) or "{}")
         assert record, "the fetch must have built a record"
         # the CRM refuses (403) after we signed in and minted an access token
         org.fail_next(403, sf_error("INSUFFICIENT_ACCESS", "insufficient access rights"),
                       path="/services/data/.*", times=100)
-        deliveries = [execute(rt, jobs.JobId.parse(j)) for j in rt.book.claim()]
+        deliveries = [o for b in rt.book.claim() for o in run_batch(rt, b)]
         assert len(deliveries) == 2 and "done" not in deliveries, deliveries
         assert org.sessions, "Salesforce minted an access token"
         # an unexpected error with secrets and numbers in its locals and message

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -12,12 +11,13 @@ from tests.support.processes import Simulator
 from worker import jobs, keys
 from worker.calls.callbacks import event_from_fields
 from worker.calls.simulator import SimulatorConfig, start_in_thread
-from worker.jobs import JobId, ledger
+from worker.jobs import JobId, Outcome, ledger
+from worker.jobs.book import job_key
 from worker.jobs.circuit import open_circuits
 from worker.runtime import Runtime
 from worker.settings import Settings
 from worker.sinks.memory import MemorySink
-from worker.tasks import execute
+from worker.tasks import execute, run_batch
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +60,9 @@ def accept(rt: Runtime, call_sid: str) -> None:
     rt.intake.accept(event_from_fields({"CallSid": call_sid, "Status": "completed"}))
 
 
-def run_due(rt: Runtime) -> list[str]:
-    return [execute(rt, jobs.JobId.parse(j)) for j in rt.book.claim()]
+def run_due(rt: Runtime) -> list[Outcome]:
+    """Run every message one claim of the book makes, as the workers would."""
+    return [o for batch in rt.book.claim() for o in run_batch(rt, batch)]
 
 
 def test_fetch_then_one_delivery_per_sink(make_rt) -> None:  # type: ignore[no-untyped-def]
@@ -77,7 +78,7 @@ def test_fetch_then_one_delivery_per_sink(make_rt) -> None:  # type: ignore[no-u
 
 def test_stale_message_is_a_no_op(make_rt) -> None:  # type: ignore[no-untyped-def]
     rt = make_rt()
-    assert execute(rt, JobId("fetch", "never-booked")) == "stale"
+    assert execute(rt, JobId("fetch", "never-booked"), "1.000000") is Outcome.STALE
 
 
 def test_failing_sink_retries_alone_without_refetching(make_rt, sim: Simulator) -> None:  # type: ignore[no-untyped-def]
@@ -88,7 +89,7 @@ def test_failing_sink_retries_alone_without_refetching(make_rt, sim: Simulator) 
     assert outcomes == ["done", "retry"]
     assert len(MemorySink.records("good")) == 1
     for _ in range(2):
-        rt.redis.zadd(keys.JOBS, {jobs.deliver_id("t2", "memory-2"): 0})
+        rt.redis.zadd(jobs.JOBS, {jobs.deliver_id("t2", "memory-2"): 0})
         run_due(rt)
     assert len(MemorySink.records("bad")) == 1
     assert MemorySink.attempts["good"] == 1  # never touched again
@@ -109,7 +110,7 @@ def test_permanent_sink_failure_is_dead_lettered_with_its_reason(make_rt) -> Non
 def _retry_until_done(rt: Runtime, call_sid: str, rounds: int) -> list[str]:
     outcomes = []
     for _ in range(rounds):
-        rt.redis.zadd(keys.JOBS, {jobs.fetch_id(call_sid): 0})
+        rt.redis.zadd(jobs.JOBS, {jobs.fetch_id(call_sid): 0})
         outcomes += run_due(rt)
     return outcomes
 
@@ -183,13 +184,13 @@ def test_config_fault_opens_the_circuit_parks_and_probes_once(make_rt, sim: Simu
     assert requests_while_open >= 1
     assert "exotel:exotel_sim" in open_circuits(rt.redis)
     # everything comes due again: only the probe lock holder may call, and it is taken
-    rt.redis.zadd(keys.JOBS, {jobs.fetch_id(f"cf{n}"): 0 for n in range(5)})
+    rt.redis.zadd(jobs.JOBS, {jobs.fetch_id(f"cf{n}"): 0 for n in range(5)})
     assert set(run_due(rt)) == {"deferred"}
     assert sim.total() == requests_while_open
     # Exotel is fixed: the next probe closes the circuit and releases the parked calls
     sim.mode("normal")
     rt.redis.delete(keys.circuit("exotel:exotel_sim") + ":probe")
-    rt.redis.zadd(keys.JOBS, {jobs.fetch_id("cf0"): 0})
+    rt.redis.zadd(jobs.JOBS, {jobs.fetch_id("cf0"): 0})
     run_due(rt)
     assert open_circuits(rt.redis) == {}
     for _ in range(3):
@@ -208,7 +209,7 @@ def test_forced_replay_delivers_again(make_rt) -> None:  # type: ignore[no-untyp
     assert run_due(rt) == ["done"]
     assert MemorySink.attempts["a"] == 1  # the ledger said no
     rt.book.schedule(jobs.deliver_id("t4", "memory"))
-    rt.redis.hset(keys.job(jobs.deliver_id("t4", "memory")), "force", "1")
+    rt.redis.hset(job_key(jobs.deliver_id("t4", "memory")), "force", "1")
     run_due(rt)
     assert MemorySink.attempts["a"] == 2
 
@@ -225,9 +226,9 @@ def test_sink_with_bad_credentials_is_parked_behind_its_circuit(make_rt) -> None
     # the probe interval passes: one probe succeeds and releases every parked delivery
     rt.redis.delete(keys.circuit("sink:memory") + ":probe")
     for _ in range(4):
-        pending = rt.redis.zrange(keys.JOBS, 0, -1)
+        pending = rt.redis.zrange(jobs.JOBS, 0, -1)
         if pending:
-            rt.redis.zadd(keys.JOBS, dict.fromkeys(pending, 0))
+            rt.redis.zadd(jobs.JOBS, dict.fromkeys(pending, 0))
         run_due(rt)
     assert open_circuits(rt.redis) == {}
     assert {r["call_sid"] for r in MemorySink.records("crm")} == {"sc0", "sc1", "sc2"}
@@ -243,8 +244,8 @@ def test_a_sink_that_keeps_failing_is_parked_behind_its_circuit(make_rt) -> None
     assert "sink:memory" in open_circuits(rt.redis)
     assert MemorySink.attempts["down"] == 5  # the circuit opened at the 5th failure in a row
     # everything comes due again: the failing sink is not called, except one probe
-    pending = rt.redis.zrange(keys.JOBS, 0, -1)
-    rt.redis.zadd(keys.JOBS, dict.fromkeys(pending, 0))
+    pending = rt.redis.zrange(jobs.JOBS, 0, -1)
+    rt.redis.zadd(jobs.JOBS, dict.fromkeys(pending, 0))
     run_due(rt)
     assert MemorySink.attempts["down"] <= 6
     assert len(MemorySink.records("ok")) == 8
@@ -261,13 +262,3 @@ def test_closing_a_circuit_releases_every_parked_job_at_once(make_rt) -> None:  
     assert not circuit.is_open()
     assert len(rt.book.claim()) == 5  # all due now
     assert circuit.close(rt.book) == 0  # closing a closed circuit does nothing
-
-
-def test_a_dead_runs_lock_ends_with_the_jobs_lease(make_rt) -> None:  # type: ignore[no-untyped-def]
-    rt = make_rt(JOB_LEASE_SECONDS="30")
-    rt.book.schedule("fetch:lease")
-    rt.book.claim()  # the pump leases it for 30 s
-    rt.redis.zadd(keys.JOBS, {"fetch:lease": time.time() + 10})  # 20 s of it have passed
-    rt.book.begin("fetch:lease")  # a run starts, then its worker is killed
-    ttl = rt.redis.ttl(keys.job("fetch:lease") + ":lock")
-    assert 8 <= ttl <= 11  # gone when the lease ends, so the next copy is not "busy"

@@ -120,7 +120,7 @@ class Intake:
             self._accept(
                 keys=[
                     keys.call(sid, account),
-                    keys.JOBS,
+                    jobs.JOBS,
                     timeline.key(sid, account),
                     *metrics.bucket_keys(),
                     readiness.DELAY_KEY,

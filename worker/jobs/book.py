@@ -2,79 +2,303 @@
 
 Every unit of work (fetch a call's legs, deliver a call to one sink) is a
 member of one Redis sorted set scored by the time it is due. A pump in every
-worker process claims due jobs atomically, pushes each to the job's lease
-end (so a second pump does not take it), and hands it to Celery. The job
-leaves the book only when its task finishes it; a retry, a rate-limit wait
-or a parked call just moves its score. So no Celery countdown ever sits
-unacknowledged in a worker's memory: a killed worker's job simply comes due
-again when its lease runs out, and the broker's visibility timeout can stay
-short. Stale or repeated messages are harmless: a task runs only while its
-job is still in the book, and only one copy at a time (a per-job lock).
+worker process claims due jobs and hands them to Celery; the job leaves the
+book only when its run finishes it. A retry, a rate-limit wait or a parked
+call just moves its score, so no Celery countdown ever sits unacknowledged in
+a worker's memory.
+
+Leases are fenced:
+
+- A claim moves the job to its lease end and that score is the claim's
+  *fencing token*, carried in the Celery message. A run starts only while the
+  job's score still equals its token: a stale, repeated or restored message
+  (the job was finished, re-claimed or rescheduled since) is a no-op, so a job
+  never runs before it is due.
+- A started run holds the job's lock, whose value is the token. Only that
+  owner releases it (compare-and-delete in Lua). A heartbeat
+  (:class:`worker.jobs.heartbeat.Heartbeat`) renews it while the run is alive;
+  the task's hard time limit bounds the run.
+- The pump never re-claims a job whose lock is alive; it looks again when the
+  lock would end. A killed worker's lock is not renewed, so its work comes
+  back within one lease.
+- Deliveries to one sink have at most ``sink_concurrency`` claimed messages
+  in flight across all workers, so a slow sink holds up only itself.
+
+One clock: every score, deadline and TTL is computed from Redis ``TIME``
+inside Lua. Callers pass only relative delays, so a worker whose clock is off
+behaves exactly like one in sync.
+
+This module alone names the book's keys (:data:`JOBS`, :func:`job_key`,
+:func:`lock_key`, :func:`slots_key`); code outside ``worker.jobs`` calls the
+book's methods.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from worker import keys
+from worker.keys import PREFIX
 from worker.settings import DEFAULT_ACCOUNT
 
 if TYPE_CHECKING:
     from redis import Redis
+    from redis.client import Pipeline
 
 log = logging.getLogger("exolegs.jobs")
 
 FETCH = "fetch"
 DELIVER = "deliver"
 
-# KEYS[1] jobs zset. ARGV: lease seconds, max count. Uses Redis's clock.
-_CLAIM = """
+JOBS = f"{PREFIX}:jobs"  # sorted set: job id -> due time (Redis clock, unix seconds)
+
+
+def job_key(job_id: str) -> str:
+    """Hash of a job's attempts, first/last attempt times, last error, force flag."""
+    return f"{PREFIX}:job:{job_id}"
+
+
+def lock_key(job_id: str) -> str:
+    """The running copy's lock; its value is the fencing token of the claim it runs."""
+    return f"{job_key(job_id)}:lock"
+
+
+def slots_key(sink: str) -> str:
+    """Sorted set of a sink's messages in flight (member -> expiry), for its concurrency cap."""
+    return f"{PREFIX}:slots:{sink}"
+
+
+class Outcome(StrEnum):
+    """What one run of one job came to."""
+
+    DONE = "done"  # finished: out of the book
+    STALE = "stale"  # the message is not the job's current claim (finished, re-claimed, waiting)
+    BUSY = "busy"  # another copy of the same claim is running it
+    DEFERRED = "deferred"  # waited for a rate-limit slot or a circuit; not an attempt
+    PARKED = "parked"  # a configuration fault: waits behind its upstream's circuit
+    RETRY = "retry"  # failed, will run again after a backoff
+    DEAD = "dead"  # moved to the dead letters
+    UNAVAILABLE = "unavailable"  # legs never became ready: delivered from the callback instead
+    HANDED_BACK = "handed back"  # its batch ran out of time before it started; due again now
+
+
+# Lua helpers shared by the scripts (Redis's clock, as seconds with microseconds).
+_NOW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
-for _, id in ipairs(due) do
-  redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[1]), id)
-end
-return due
 """
 
-
-# Starting a job in one round trip. KEYS: jobs zset, job hash, lock, the circuit
-# of the upstream it calls. ARGV: lease, now, job id. The lock ends just before
-# the job's lease does (its score after the claim), so if this run dies, the copy
-# the pump sends when the lease runs out finds the lock gone, not "busy".
-# Returns {} when the job is no longer booked (a stale message), {0, lock ms
-# left} when another copy holds the lock, else {attempt, force, circuit open}.
-_BEGIN = """
-local score = redis.call('ZSCORE', KEYS[1], ARGV[3])
-if not score then return {} end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local ttl = math.floor((tonumber(score) - now) * 1000) - 500
-if ttl < 1000 or ttl > tonumber(ARGV[1]) * 1000 then ttl = tonumber(ARGV[1]) * 1000 end
-if not redis.call('SET', KEYS[3], '1', 'NX', 'PX', ttl) then
-  return {0, redis.call('PTTL', KEYS[3])}
+# The pump's claim. KEYS: jobs, broker queue. ARGV: lease s, max jobs, high
+# water (messages), max wait in the queue (s), sink cap, batch size, job-key
+# prefix, slots-key prefix, cap wait (s).
+# Returns {now, token, n, id1..idn, n, ...}: one group of jobs of one kind,
+# account (and sink) per message to send. Jobs whose run is alive move to their lock's end; jobs
+# of a sink at its cap move cap-wait seconds on; the rest are claimed with
+# the token now + lease.
+_CLAIM = (
+    _NOW
+    + """
+local lease = tonumber(ARGV[1])
+local queued = redis.call('LLEN', KEYS[2])
+if queued >= tonumber(ARGV[3]) then return {tostring(now)} end
+if queued > 0 then
+  local ok, msg = pcall(cjson.decode, redis.call('LINDEX', KEYS[2], -1))
+  local at = ok and type(msg) == 'table' and type(msg['headers']) == 'table'
+    and tonumber(msg['headers']['exolegs_claimed_at'])
+  if at and now - at > tonumber(ARGV[4]) then return {tostring(now)} end
 end
+local token = string.format('%.6f', now + lease)
+local cap = tonumber(ARGV[5])
+local batch = tonumber(ARGV[6])
+local limit = math.min(tonumber(ARGV[2]), (tonumber(ARGV[3]) - queued) * batch)
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, limit)
+local groups = {}
+local order = {}
+local free = {}
+local room = {}
+for _, id in ipairs(due) do
+  local ttl = redis.call('PTTL', ARGV[7] .. id .. ':lock')
+  if ttl > 0 then
+    redis.call('ZADD', KEYS[1], 'XX', string.format('%.6f', now + ttl / 1000 + 0.01), id)
+  else
+    local head, rest = string.match(id, '^([^:]*):(.*)$')
+    local kind = head and (string.match(head, '([^/]*)$')) or ''
+    local sink = ''
+    if kind == 'deliver' then sink = string.match(rest, '^[^:]*:(.*)$') or '' end
+    local gk = (head or '') .. '|' .. sink
+    local allowed = true
+    if sink ~= '' and cap > 0 then
+      if room[sink] == nil then
+        local sk = ARGV[8] .. sink
+        redis.call('ZREMRANGEBYSCORE', sk, '-inf', now)
+        free[sink] = cap - redis.call('ZCARD', sk)
+        room[sink] = free[sink] * batch
+      end
+      if room[sink] <= 0 then allowed = false else room[sink] = room[sink] - 1 end
+    end
+    if allowed then
+      redis.call('ZADD', KEYS[1], 'XX', token, id)
+      if not groups[gk] then
+        groups[gk] = {sink = sink, ids = {}}
+        table.insert(order, gk)
+      end
+      table.insert(groups[gk].ids, id)
+    else
+      redis.call('ZADD', KEYS[1], 'XX', string.format('%.6f', now + tonumber(ARGV[9])), id)
+    end
+  end
+end
+local out = {tostring(now), token}
+for _, gk in ipairs(order) do
+  local g = groups[gk]
+  local n = #g.ids
+  local size = math.max(1, math.min(batch, math.floor(n / 4)))
+  if g.sink ~= '' and cap > 0 then
+    local slots = math.max(1, math.min(free[g.sink], math.ceil(n / size)))
+    size = math.ceil(n / slots)
+  end
+  local start = 1
+  while start <= n do
+    local stop = math.min(n, start + size - 1)
+    table.insert(out, stop - start + 1)
+    for i = start, stop do table.insert(out, g.ids[i]) end
+    if g.sink ~= '' and cap > 0 then
+      redis.call('ZADD', ARGV[8] .. g.sink, now + lease, token .. ':' .. g.ids[start])
+    end
+    start = stop + 1
+  end
+end
+return out
+"""
+)
+
+# Booking. KEYS: jobs. ARGV: delay s, mode ('nx' new only, 'xx' move only,
+# 'set' either), job ids... Returns how many were added or moved.
+_SCHEDULE = (
+    _NOW
+    + """
+local due = string.format('%.6f', now + math.max(0, tonumber(ARGV[1])))
+local n = 0
+for i = 3, #ARGV do
+  if ARGV[2] == 'set' then
+    n = n + redis.call('ZADD', KEYS[1], 'CH', due, ARGV[i])
+  else
+    n = n + redis.call('ZADD', KEYS[1], string.upper(ARGV[2]), 'CH', due, ARGV[i])
+  end
+end
+return n
+"""
+)
+
+# Starting a run. KEYS: jobs, job hash, lock, circuit. ARGV: job id, token,
+# lease ms. Returns {-1} stale (the token is not the job's current claim),
+# {0} busy (a copy of this claim runs it), else {attempt, force, circuit open}.
+_BEGIN = (
+    """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score or tonumber(score) ~= tonumber(ARGV[2]) then return {-1} end
+if not redis.call('SET', KEYS[3], ARGV[2], 'NX', 'PX', tonumber(ARGV[3])) then return {0} end
+"""
+    + _NOW
+    + """
 local attempt = redis.call('HINCRBY', KEYS[2], 'attempts', 1)
-redis.call('HSETNX', KEYS[2], 'first_attempt', ARGV[2])
-redis.call('HSET', KEYS[2], 'last_attempt', ARGV[2])
+redis.call('HSETNX', KEYS[2], 'first_attempt', string.format('%.3f', now))
+redis.call('HSET', KEYS[2], 'last_attempt', string.format('%.3f', now))
 local force = redis.call('HGET', KEYS[2], 'force') or ''
 return {attempt, force, redis.call('EXISTS', KEYS[4])}
 """
+)
 
-# Finishing a job: out of the book, its state and lock gone. KEYS: jobs, hash, lock.
+# Whether the run with token ARGV[2] owns the job: it holds the lock, or
+# nobody does and its claim is still the current one.
+_OWNS = """
+local holder = redis.call('GET', KEYS[3])
+local owns = holder == ARGV[2]
+if not holder then
+  local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+  owns = score ~= false and tonumber(score) == tonumber(ARGV[2])
+end
+"""
+
+# Finishing. KEYS: jobs, job hash, lock. ARGV: job id, token. Out of the book
+# with its state and lock, unless another claim's run holds the lock now
+# (then that run finishes it). Returns 1 when finished here.
 _FINISH = """
+local holder = redis.call('GET', KEYS[3])
+if holder and holder ~= ARGV[2] then return 0 end
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('DEL', KEYS[2], KEYS[3])
 return 1
 """
 
+# Handing a job back to wait. KEYS: jobs, job hash, lock. ARGV: job id, token,
+# delay s, undo attempt ('1'), error text ('' none). Only the owner may.
+_RELEASE = (
+    _OWNS
+    + """
+if not owns then return 0 end
+"""
+    + _NOW
+    + """
+local due = string.format('%.6f', now + math.max(0, tonumber(ARGV[3])))
+redis.call('ZADD', KEYS[1], 'XX', due, ARGV[1])
+if ARGV[4] == '1' then redis.call('HINCRBY', KEYS[2], 'attempts', -1) end
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[2], 'last_error', ARGV[5]) end
+if holder then redis.call('DEL', KEYS[3]) end
+return 1
+"""
+)
+
+# Heartbeat. ARGV: lease ms, n runs, (lock key, token) * n, m slots, (slots
+# key, member) * m. Renews what still belongs to its owner; returns the
+# number of runs whose lock was lost.
+_RENEW = (
+    _NOW
+    + """
+local lease = tonumber(ARGV[1])
+local n = tonumber(ARGV[2])
+local lost = 0
+for i = 0, n - 1 do
+  local key, token = ARGV[3 + 2 * i], ARGV[4 + 2 * i]
+  if redis.call('GET', key) == token then redis.call('PEXPIRE', key, lease)
+  else lost = lost + 1 end
+end
+local base = 3 + 2 * n
+local m = tonumber(ARGV[base])
+for i = 0, m - 1 do
+  redis.call('ZADD', ARGV[base + 1 + 2 * i], 'XX', now + lease / 1000, ARGV[base + 2 + 2 * i])
+end
+return lost
+"""
+)
+
+# Booking a job again from scratch (a dead letter's replay). KEYS: jobs, job
+# hash. ARGV: job id, force ('1'). Due now, with a fresh attempt count.
+_REQUEUE = (
+    _NOW
+    + """
+redis.call('DEL', KEYS[2])
+if ARGV[2] == '1' then redis.call('HSET', KEYS[2], 'force', '1') end
+redis.call('ZADD', KEYS[1], string.format('%.6f', now), ARGV[1])
+return 1
+"""
+)
+
+# Members of a sorted set scored at least ARGV[1] seconds ago (Redis's clock).
+_OLDER_THAN = (
+    _NOW
+    + """
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[1]))
+"""
+)
+
 
 @dataclass(frozen=True)
 class Started:
+    """A run that may go ahead: its attempt number and what it needs to know."""
+
     attempt: int
     force: bool
     circuit_open: bool = False
@@ -118,75 +342,196 @@ class JobId:
         return fetch_id(self.call_sid, self.account)
 
 
+@dataclass(frozen=True)
+class Batch:
+    """One message's worth of claimed jobs: same kind (and sink), one fencing token."""
+
+    token: str
+    jobs: tuple[JobId, ...]
+    claimed_at: float
+
+    @property
+    def slot(self) -> str | None:
+        """The member holding this message's place under its sink's concurrency cap."""
+        first = self.jobs[0]
+        return f"{self.token}:{first}" if first.kind == DELIVER else None
+
+
+def _text(raw: Any) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
 @dataclass
 class JobBook:
+    """The job book. Times passed in are relative delays in seconds, never clock readings."""
+
     redis: Redis
     lease_seconds: float = 120.0
+    sink_concurrency: int = 0  # messages in flight per sink; 0 = no cap
+    batch: int = 16
+    cap_wait: float = 0.5
 
     def __post_init__(self) -> None:
         self._claim = self.redis.register_script(_CLAIM)
+        self._schedule = self.redis.register_script(_SCHEDULE)
         self._begin = self.redis.register_script(_BEGIN)
         self._finish = self.redis.register_script(_FINISH)
+        self._release = self.redis.register_script(_RELEASE)
+        self._renew = self.redis.register_script(_RENEW)
+        self._requeue = self.redis.register_script(_REQUEUE)
+        self._older_than = self.redis.register_script(_OLDER_THAN)
 
-    # -------------------------------------------------------------- schedule
+    @property
+    def key(self) -> str:
+        """The book's sorted set, for Lua elsewhere that must book atomically with its own keys."""
+        return JOBS
+
+    @property
+    def lease_ms(self) -> int:
+        return max(1, int(self.lease_seconds * 1000))
+
+    # -------------------------------------------------------------- booking
     def schedule(self, job_id: str, delay: float = 0.0, *, replace: bool = False) -> bool:
-        """Put a job in the book ``delay`` seconds from now; False if it was already there."""
-        due = time.time() + max(0.0, delay)
-        if replace:
-            self.redis.zadd(keys.JOBS, {job_id: due})
-            return True
-        return bool(self.redis.zadd(keys.JOBS, {job_id: due}, nx=True))
+        """Book a job ``delay`` seconds from now; False if already booked (unless ``replace``)."""
+        mode = "set" if replace else "nx"
+        return bool(self._schedule(keys=[JOBS], args=[max(0.0, delay), mode, job_id]))
 
-    def reschedule(self, job_id: str, delay: float) -> None:
-        """Move a job already in the book (a retry, a wait for a token, a parked call)."""
-        self.redis.zadd(keys.JOBS, {job_id: time.time() + max(0.0, delay)}, xx=True)
+    def schedule_many(
+        self, job_ids: list[str], delay: float = 0.0, *, pipe: Pipeline | None = None
+    ) -> None:
+        """Book each job not booked yet, ``delay`` seconds from now (in ``pipe`` when given)."""
+        if job_ids:
+            self._schedule(keys=[JOBS], args=[max(0.0, delay), "nx", *job_ids], client=pipe)
+
+    def reschedule(self, job_id: str, delay: float) -> bool:
+        """Move a booked job, unfenced (an operator's or a test's nudge); False if not booked."""
+        return bool(self._schedule(keys=[JOBS], args=[max(0.0, delay), "xx", job_id]))
 
     def pending(self, job_id: str) -> bool:
-        return self.redis.zscore(keys.JOBS, job_id) is not None
-
-    def begin(self, job_id: str, circuit: str | None = None) -> Started | str:
-        """Start a run: "stale" if the job is no longer booked, "busy" if it runs elsewhere.
-
-        Otherwise the job is locked (one copy at a time, even if a stale
-        message turns up), its attempt is counted, and the state of the
-        ``circuit`` of the upstream it will call comes back with it.
-        """
-        lock = f"{keys.job(job_id)}:lock"
-        raw = self._begin(
-            keys=[keys.JOBS, keys.job(job_id), lock, keys.circuit(circuit or "-")],
-            args=[int(self.lease_seconds), f"{time.time():.3f}", job_id],
-        )
-        if not raw:
-            return "stale"
-        if int(raw[0]) == 0:
-            # Another copy holds the lock: come back when it ends, not a lease later.
-            self.reschedule(job_id, max(0, int(raw[1])) / 1000 + 0.1)
-            return "busy"
-        force = raw[1].decode() if isinstance(raw[1], bytes) else str(raw[1])
-        return Started(int(raw[0]), force == "1", bool(circuit) and bool(raw[2]))
-
-    def finish(self, job_id: str) -> None:
-        """Done: out of the book, with its attempts and lock."""
-        self._finish(keys=[keys.JOBS, keys.job(job_id), f"{keys.job(job_id)}:lock"], args=[job_id])
-
-    def claim(self, limit: int = 200) -> list[str]:
-        """Due jobs, each pushed to its lease end so no other pump takes it meanwhile."""
-        raw = self._claim(keys=[keys.JOBS], args=[self.lease_seconds, limit])
-        return [r.decode() if isinstance(r, bytes) else str(r) for r in raw]
+        return self.redis.zscore(JOBS, job_id) is not None
 
     def size(self) -> int:
-        return int(self.redis.zcard(keys.JOBS))
+        return int(self.redis.zcard(JOBS))
 
-    def unlock(self, job_id: str) -> None:
-        self.redis.delete(f"{keys.job(job_id)}:lock")
+    # -------------------------------------------------------------- claiming
+    def claim(
+        self,
+        limit: int = 200,
+        *,
+        queue: str = "",
+        high_water: int = 1 << 30,
+        max_wait: float | None = None,
+    ) -> list[Batch]:
+        """Claim due jobs, grouped into messages, each job fenced with the claim's token.
 
-    # -------------------------------------------------------------- attempts
-    def undo_attempt(self, job_id: str) -> None:
-        """A run that only waited for a token or a circuit is not an attempt."""
-        self.redis.hincrby(keys.job(job_id), "attempts", -1)
+        Nothing is claimed while the broker ``queue`` holds ``high_water``
+        messages or its oldest message has waited ``max_wait`` seconds
+        (default: a quarter of the lease), so no message waits in the queue
+        anywhere near its lease.
+        """
+        wait = self.lease_seconds / 4 if max_wait is None else max_wait
+        raw = self._claim(
+            keys=[JOBS, queue or f"{PREFIX}:no-queue"],
+            args=[
+                self.lease_seconds,
+                limit,
+                high_water,
+                wait,
+                self.sink_concurrency,
+                self.batch,
+                job_key(""),
+                slots_key(""),
+                self.cap_wait,
+            ],
+        )
+        if len(raw) < 2:
+            return []
+        token = _text(raw[1])
+        claimed_at = float(token) - self.lease_seconds
+        batches = []
+        n = 2
+        while n < len(raw):
+            count = int(raw[n])
+            ids = tuple(JobId.parse(_text(r)) for r in raw[n + 1 : n + 1 + count])
+            batches.append(Batch(token, ids, claimed_at))
+            n += 1 + count
+        return batches
 
-    def record_error(self, job_id: str, error: str) -> None:
-        self.redis.hset(keys.job(job_id), "last_error", error[:2000])
+    # -------------------------------------------------------------- running
+    def begin(self, job_id: str, token: str, circuit: str | None = None) -> Started | Outcome:
+        """Start the run of claim ``token``: :attr:`Outcome.STALE`, :attr:`Outcome.BUSY` or Started.
+
+        A started run holds the job's lock (keep it alive with a heartbeat),
+        its attempt is counted, and the state of the ``circuit`` key of the
+        upstream it will call comes back with it.
+        """
+        raw = self._begin(
+            keys=[JOBS, job_key(job_id), lock_key(job_id), circuit or f"{PREFIX}:-"],
+            args=[job_id, token, self.lease_ms],
+        )
+        if int(raw[0]) < 0:
+            return Outcome.STALE
+        if int(raw[0]) == 0:
+            return Outcome.BUSY
+        return Started(int(raw[0]), _text(raw[1]) == "1", bool(circuit) and bool(raw[2]))
+
+    def finish(self, job_id: str, token: str) -> bool:
+        """Done: out of the book with its state and lock; False if another claim's run owns it."""
+        return bool(
+            self._finish(keys=[JOBS, job_key(job_id), lock_key(job_id)], args=[job_id, token])
+        )
+
+    def release(
+        self,
+        job_id: str,
+        token: str,
+        delay: float,
+        *,
+        undo_attempt: bool = False,
+        error: str | None = None,
+    ) -> bool:
+        """The owner hands the job back, due ``delay`` seconds from now; False if not the owner.
+
+        ``undo_attempt`` for a run that only waited (a token, a circuit);
+        ``error`` is kept as the job's last error. Also hands back a claimed
+        job whose run never started (its batch ran out of time, or its sink
+        was at its cap).
+        """
+        return bool(
+            self._release(
+                keys=[JOBS, job_key(job_id), lock_key(job_id)],
+                args=[
+                    job_id,
+                    token,
+                    max(0.0, delay),
+                    "1" if undo_attempt else "",
+                    (error or "")[:2000],
+                ],
+            )
+        )
+
+    def renew(self, runs: list[tuple[str, str]], slots: list[tuple[str, str]]) -> int:
+        """Heartbeat: extend each (job id, token) run's lock and (sink, member) slot by a lease.
+
+        Returns how many runs had lost their lock (a pause longer than the lease).
+        """
+        args: list[Any] = [self.lease_ms, len(runs)]
+        for job_id, token in runs:
+            args += [lock_key(job_id), token]
+        args.append(len(slots))
+        for sink, member in slots:
+            args += [slots_key(sink), member]
+        return int(self._renew(keys=[], args=args))
+
+    def free_slot(self, sink: str, member: str) -> None:
+        """A message of ``sink`` is done: its place under the cap is free."""
+        self.redis.zrem(slots_key(sink), member)
+
+    # -------------------------------------------------------------- state
+    def now(self) -> float:
+        """Redis's clock, the book's only clock."""
+        seconds, micros = self.redis.time()
+        return float(seconds) + micros / 1e6
 
     def backlog(self, sample: int = 500) -> dict[str, Any]:
         """Jobs booked, overdue (due now or earlier), the oldest overdue's age, and retrying.
@@ -194,16 +539,16 @@ class JobBook:
         ``retrying`` counts jobs that have failed at least once among the first
         ``sample`` booked jobs (a lower bound when the book is larger).
         """
-        now = time.time()
+        now = self.now()
         pipe = self.redis.pipeline(transaction=False)
-        pipe.zcard(keys.JOBS)
-        pipe.zcount(keys.JOBS, "-inf", now)
-        pipe.zrange(keys.JOBS, 0, 0, withscores=True)
-        pipe.zrange(keys.JOBS, 0, sample - 1)
+        pipe.zcard(JOBS)
+        pipe.zcount(JOBS, "-inf", now)
+        pipe.zrange(JOBS, 0, 0, withscores=True)
+        pipe.zrange(JOBS, 0, sample - 1)
         booked, overdue, first, ids = pipe.execute()
         pipe = self.redis.pipeline(transaction=False)
         for raw in ids:
-            pipe.hexists(keys.job(raw.decode() if isinstance(raw, bytes) else raw), "last_error")
+            pipe.hexists(job_key(_text(raw)), "last_error")
         retrying = sum(1 for failed in pipe.execute() if failed) if ids else 0
         oldest = now - float(first[0][1]) if first and float(first[0][1]) <= now else 0.0
         return {
@@ -216,17 +561,14 @@ class JobBook:
         }
 
     def describe(self, job_id: str) -> dict[str, Any] | None:
-        """A booked job's due time and attempts; None when it is not in the book."""
+        """A booked job's due time (Redis's clock) and attempts; None when it is not booked."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.zscore(keys.JOBS, job_id)
-        pipe.hgetall(keys.job(job_id))
+        pipe.zscore(JOBS, job_id)
+        pipe.hgetall(job_key(job_id))
         score, raw = pipe.execute()
         if score is None:
             return None
-        info = {
-            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-            for k, v in raw.items()
-        }
+        info = {_text(k): _text(v) for k, v in raw.items()}
         return {
             "job_id": job_id,
             "due_at": float(score),
@@ -235,8 +577,14 @@ class JobBook:
         }
 
     def info(self, job_id: str) -> dict[str, str]:
-        raw = self.redis.hgetall(keys.job(job_id))
-        return {
-            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-            for k, v in raw.items()
-        }
+        raw = self.redis.hgetall(job_key(job_id))
+        return {_text(k): _text(v) for k, v in raw.items()}
+
+    # -------------------------------------------------------------- replays
+    def requeue(self, job_id: str, *, force: bool = False) -> None:
+        """Book a job again, due now, with a fresh attempt count; ``force`` ignores the ledger."""
+        self._requeue(keys=[JOBS, job_key(job_id)], args=[job_id, "1" if force else ""])
+
+    def older_than(self, zset_key: str, seconds: float) -> list[str]:
+        """Members of a time-scored sorted set scored at least ``seconds`` ago (Redis's clock)."""
+        return [_text(r) for r in self._older_than(keys=[zset_key], args=[max(0.0, seconds)])]

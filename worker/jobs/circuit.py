@@ -19,7 +19,7 @@ from worker import keys
 if TYPE_CHECKING:
     from redis import Redis
 
-    from worker.jobs import JobBook
+    from worker.jobs.book import JobBook
 
 log = logging.getLogger("exolegs.circuit")
 
@@ -90,7 +90,7 @@ class Circuit:
                 f"{self.key}:probe",
                 f"{self.key}:shouted",
                 f"{self.key}:failures",
-                keys.JOBS,
+                book.key,
                 keys.CIRCUITS,
             ],
             args=[self.name],

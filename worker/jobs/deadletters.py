@@ -17,14 +17,22 @@ from typing import TYPE_CHECKING, Any
 
 from worker import keys
 from worker.calls.intake import restore_callback, terminal_callback
-from worker.jobs import DELIVER, JobBook, JobId
+from worker.jobs.book import DELIVER, JOBS, JobBook, JobId, job_key, lock_key
 from worker.jobs.ledger import state_keys
+from worker.keys import PREFIX
 from worker.settings import DEFAULT_ACCOUNT
 
 if TYPE_CHECKING:
     from redis import Redis
 
 DEFAULT_RETENTION = 48 * 3600
+
+DEAD = f"{PREFIX}:dead"  # sorted set: job id -> failed-at (Redis clock)
+
+
+def dead_key(job_id: str) -> str:
+    """The dead letter of one job (JSON)."""
+    return f"{PREFIX}:dead:{job_id}"
 
 
 @dataclass
@@ -62,10 +70,21 @@ def _f(value: str | None) -> float | None:
     return float(value) if value else None
 
 
-# KEYS: letter, dead zset, jobs zset, job hash, dead-of set, then the call's
-# state keys. ARGV: letter json, job id. Stores the letter, takes the job out
-# of the book, and holds the call's state with no TTL. Returns failed-at.
+# KEYS: letter, dead zset, jobs zset, job hash, dead-of set, job lock, then the
+# call's state keys. ARGV: letter json, job id, fencing token ('' = unfenced).
+# Only the run that owns the job (holds its lock, or nobody does and its claim
+# is current) may: then it stores the letter, takes the job out of the book,
+# and holds the call's state with no TTL. Returns failed-at, or '' if not owner.
 _ADD = """
+if ARGV[3] ~= '' then
+  local holder = redis.call('GET', KEYS[6])
+  local owns = holder == ARGV[3]
+  if not holder then
+    local score = redis.call('ZSCORE', KEYS[3], ARGV[2])
+    owns = score ~= false and tonumber(score) == tonumber(ARGV[3])
+  end
+  if not owns then return '' end
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local letter = cjson.decode(ARGV[1])
@@ -73,9 +92,9 @@ letter['failed_at'] = now
 redis.call('SET', KEYS[1], cjson.encode(letter))
 redis.call('ZADD', KEYS[2], now, ARGV[2])
 redis.call('ZREM', KEYS[3], ARGV[2])
-redis.call('DEL', KEYS[4])
+redis.call('DEL', KEYS[4], KEYS[6])
 redis.call('SADD', KEYS[5], ARGV[2])
-for i = 6, #KEYS do redis.call('PERSIST', KEYS[i]) end
+for i = 7, #KEYS do redis.call('PERSIST', KEYS[i]) end
 return tostring(now)
 """
 
@@ -109,13 +128,18 @@ class DeadLetters:
         self,
         job: JobId,
         *,
+        token: str | None = None,
         reason: str,
         error: str,
         upstream_status: int | None = None,
         upstream_code: int | str | None = None,
         callback: dict[str, Any] | None = None,
-    ) -> DeadLetter:
-        """Dead-letter a job, with a copy of its call's terminal callback (read here)."""
+    ) -> DeadLetter | None:
+        """Dead-letter a job, with a copy of its call's terminal callback (read here).
+
+        Fenced by the run's ``token`` when given: None when that run no longer
+        owns the job (another claim's run has it), and nothing is changed.
+        """
         job_id = str(job)
         info = self.book.info(job_id)
         fields_, status, direction = terminal_callback(self.redis, job.call_sid, job.account)
@@ -138,15 +162,18 @@ class DeadLetters:
         )
         raw = self._add(
             keys=[
-                keys.dead(job_id),
-                keys.DEAD,
-                keys.JOBS,
-                keys.job(job_id),
+                dead_key(job_id),
+                DEAD,
+                JOBS,
+                job_key(job_id),
                 keys.dead_of(job.call_sid, job.account),
+                lock_key(job_id),
                 *state_keys(job.call_sid, job.account),
             ],
-            args=[json.dumps(letter.to_json(), default=str), job_id],
+            args=[json.dumps(letter.to_json(), default=str), job_id, token or ""],
         )
+        if not _text(raw):
+            return None
         letter.failed_at = float(_text(raw))
         return letter
 
@@ -155,7 +182,7 @@ class DeadLetters:
 
     def listed(self, account: str | None = None) -> Iterator[DeadLetter]:
         """Every dead letter, oldest first; only one account's with ``account``."""
-        for raw_id in self.redis.zrange(keys.DEAD, 0, -1):
+        for raw_id in self.redis.zrange(DEAD, 0, -1):
             job_id = _text(raw_id)
             if account is not None and JobId.parse(job_id).account != account:
                 continue
@@ -164,22 +191,22 @@ class DeadLetters:
                 yield letter
 
     def get(self, job_id: str) -> DeadLetter | None:
-        raw = self.redis.get(keys.dead(job_id))
+        raw = self.redis.get(dead_key(job_id))
         return DeadLetter.from_json(json.loads(raw)) if raw else None
 
     def for_call(self, call_sid: str, account: str | None = None) -> list[DeadLetter]:
         return [d for d in self.listed(account) if d.call_sid == call_sid]
 
     def count(self) -> int:
-        return int(self.redis.zcard(keys.DEAD))
+        return int(self.redis.zcard(DEAD))
 
     def _drop(self, job_id: str) -> bool:
         job = JobId.parse(job_id)
         sid, account = job.call_sid, job.account
         raw = self._release(
             keys=[
-                keys.dead(job_id),
-                keys.DEAD,
+                dead_key(job_id),
+                DEAD,
                 keys.dead_of(sid, account),
                 *state_keys(sid, account),
             ],
@@ -204,12 +231,7 @@ class DeadLetters:
                 retention_seconds=self.retention_seconds,
                 account=letter.account,
             )
-        pipe = self.redis.pipeline()
-        pipe.delete(keys.job(letter.job_id))
-        if force:
-            pipe.hset(keys.job(letter.job_id), "force", "1")
-        pipe.execute()
-        self.book.schedule(letter.job_id, replace=True)
+        self.book.requeue(letter.job_id, force=force)
         self._drop(letter.job_id)
 
     def discard(self, job_ids: list[str]) -> int:
@@ -218,15 +240,13 @@ class DeadLetters:
             return 0
         pipe = self.redis.pipeline()
         for job_id in job_ids:
-            pipe.zrem(keys.DEAD, job_id)
-            pipe.delete(keys.dead(job_id))
+            pipe.zrem(DEAD, job_id)
+            pipe.delete(dead_key(job_id))
         return sum(int(r) for r in pipe.execute()[0::2])
 
     def purge(self, older_than_seconds: float, account: str | None = None) -> int:
         """Drop dead letters older than that (only one account's with ``account``)."""
-        seconds, micros = self.redis.time()
-        cutoff = seconds + micros / 1e6 - older_than_seconds
-        ids = [_text(i) for i in self.redis.zrangebyscore(keys.DEAD, "-inf", cutoff)]
+        ids = self.book.older_than(DEAD, older_than_seconds)
         if account is not None:
             ids = [i for i in ids if JobId.parse(i).account == account]
         return sum(self._drop(job_id) for job_id in ids)

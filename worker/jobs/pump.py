@@ -6,7 +6,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from worker.jobs.book import JobBook, JobId
+from worker.jobs.book import Batch, JobBook
 
 log = logging.getLogger("exolegs.jobs")
 
@@ -14,47 +14,39 @@ log = logging.getLogger("exolegs.jobs")
 class Pump:
     """Moves due jobs from the book to Celery; one per worker process, all cooperating.
 
-    Jobs of the same kind, account (and sink) go to Celery in small batches, so a
-    backlog does not pay a task's overhead per job, while one slow sink or
-    one account's failing Exotel only ever holds up its own jobs. The pump tops
-    the broker queue up to ``high_water`` messages and no further: a job waiting in the queue longer
-    than its lease would otherwise be claimed and sent a second time.
+    The book's claim groups jobs of the same kind (and sink) into small
+    batches, so a backlog does not pay a task's overhead per job, and caps
+    each sink's messages in flight, so one slow sink only holds up its own
+    deliveries. The pump tops the broker ``queue`` up only while it holds
+    fewer than ``high_water`` messages and its oldest has waited less than a
+    quarter of the lease: the limit is in time, not only in messages, so no
+    message waits in the queue anywhere near its lease.
     """
 
     def __init__(
         self,
         book: JobBook,
-        dispatch: Callable[[list[JobId]], None],
+        dispatch: Callable[[Batch], None],
         *,
-        queued: Callable[[], int] = lambda: 0,
+        queue: str = "",
         interval: float = 0.05,
         high_water: int = 64,
-        batch: int = 16,
+        limit: int = 1024,
     ) -> None:
         self.book = book
         self.dispatch = dispatch
-        self.queued = queued
+        self.queue = queue
         self.interval = interval
         self.high_water = high_water
-        self.batch = batch
+        self.limit = limit
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def run_once(self) -> int:
-        room = self.high_water - self.queued()
-        if room <= 0:
-            return 0
-        claimed = self.book.claim(room * self.batch)
-        groups: dict[tuple[str, str, str | None], list[JobId]] = {}
-        for raw in claimed:
-            job = JobId.parse(raw)
-            groups.setdefault((job.kind, job.account, job.sink), []).append(job)
-        for group in groups.values():
-            # Small backlogs go one job per message, for latency and spread.
-            size = max(1, min(self.batch, len(group) // 4))
-            for start in range(0, len(group), size):
-                self.dispatch(group[start : start + size])
-        return len(claimed)
+        batches = self.book.claim(self.limit, queue=self.queue, high_water=self.high_water)
+        for batch in batches:
+            self.dispatch(batch)
+        return sum(len(b.jobs) for b in batches)
 
     def run(self) -> None:
         failures = 0

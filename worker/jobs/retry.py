@@ -7,18 +7,16 @@ import random
 from dataclasses import dataclass
 
 from worker.errors import ExolegsError, Kind
+from worker.jobs.book import Outcome
 from worker.settings import Settings
 
 log = logging.getLogger("exolegs.retry")
 
-RETRY = "retry"
-PARK = "park"
-DEAD = "dead"
 
 
 @dataclass(frozen=True)
 class Decision:
-    action: str  # retry | park | dead
+    action: Outcome  # RETRY, PARKED or DEAD
     delay: float = 0.0
 
 
@@ -33,12 +31,12 @@ def decide(
 ) -> Decision:
     """What to do after ``attempt`` (1-based) failed with ``error``."""
     if error.kind is Kind.PERMANENT:
-        return Decision(DEAD)
+        return Decision(Outcome.DEAD)
     if error.kind is Kind.CONFIG:
-        return Decision(PARK, float(settings.circuit_probe_seconds))
+        return Decision(Outcome.PARKED, float(settings.circuit_probe_seconds))
     limit = min(settings.retry_max_attempts, error.max_attempts or settings.retry_max_attempts)
     if attempt >= limit:
-        return Decision(DEAD)
+        return Decision(Outcome.DEAD)
     delay = backoff(attempt, settings.retry_base_seconds, settings.retry_max_seconds, rng)
     if error.retry_after is not None:
         delay = max(delay, error.retry_after)
@@ -55,4 +53,4 @@ def decide(
             longest,
         )
         delay = longest
-    return Decision(RETRY, delay)
+    return Decision(Outcome.RETRY, delay)

@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl, urlencode
 import redis
 
 from web.payload import decode_body
-from worker import keys
+from worker import jobs
 from worker.calls.callbacks import event_from_fields
 from worker.calls.enrich import build_record
 from worker.calls.intake import Intake, terminal_callback
@@ -76,7 +76,7 @@ def test_agent_pass_through_busy_is_an_agent_ringing_not_a_busy_call(
     event = event_from_fields(fields)
     assert not event.terminal and event.status is None
     got = Intake(redis_client, retention_seconds=3600, fetch_delay=30).accept(event)
-    assert not got.fetch_booked and redis_client.zcard(keys.JOBS) == 0
+    assert not got.fetch_booked and redis_client.zcard(jobs.JOBS) == 0
 
 
 def test_agent_pass_through_free_books_nothing_either(redis_client: redis.Redis) -> None:
@@ -84,7 +84,7 @@ def test_agent_pass_through_free_books_nothing_either(redis_client: redis.Redis)
     for status in ("busy", "free"):
         fields = get(f"CallSid={SID}&From=09876543210&DialWhomNumber=09123456780&Status={status}")
         assert not intake.accept(event_from_fields(fields)).fetch_booked
-    assert redis_client.zcard(keys.JOBS) == 0
+    assert redis_client.zcard(jobs.JOBS) == 0
 
 
 def test_connect_terminal_free_is_the_agent_line_not_the_outcome(

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import redis
 
-from worker import keys
+from worker import jobs, keys
 from worker.calls.callbacks import event_from_fields
 from worker.calls.intake import Intake, terminal_callback
 
@@ -16,7 +16,7 @@ def test_terminal_books_one_fetch_after_the_delay(redis_client: redis.Redis) -> 
         event_from_fields({"CallSid": "c1", "Status": "completed", "Direction": "inbound"})
     )
     assert not got.duplicate and got.fetch_booked
-    due = redis_client.zscore(keys.JOBS, "fetch:c1")
+    due = redis_client.zscore(jobs.JOBS, "fetch:c1")
     assert due is not None
     fields, status, direction = terminal_callback(redis_client, "c1")
     assert fields["CallSid"] == "c1" and status == "completed" and direction == "inbound"
@@ -34,7 +34,7 @@ def test_repeat_is_duplicate_and_other_terminal_events_do_not_refetch(
     )
     assert first.fetch_booked and again.duplicate and not again.fetch_booked
     assert not passthru.duplicate and not passthru.fetch_booked
-    assert redis_client.zcard(keys.JOBS) == 1
+    assert redis_client.zcard(jobs.JOBS) == 1
 
 
 def test_non_terminal_books_nothing(redis_client: redis.Redis) -> None:
@@ -42,4 +42,4 @@ def test_non_terminal_books_nothing(redis_client: redis.Redis) -> None:
         event_from_fields({"CallSid": "c3", "Status": "in-progress", "EventType": "answered"})
     )
     assert not got.duplicate and not got.fetch_booked
-    assert redis_client.zcard(keys.JOBS) == 0
+    assert redis_client.zcard(jobs.JOBS) == 0

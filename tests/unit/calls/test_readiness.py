@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import redis
 
-from worker import keys
+from worker import jobs, keys
 from worker.calls import readiness
 from worker.calls.callbacks import event_from_fields
 from worker.calls.intake import Intake
@@ -55,11 +55,11 @@ def test_callbacks_book_their_fetch_after_the_raised_delay(redis_client: redis.R
     intake = Intake(redis_client, retention_seconds=3600, fetch_delay=30)
     now = float(redis_client.time()[0])
     intake.accept(event_from_fields({"CallSid": "r1", "Status": "completed"}))
-    due = redis_client.zscore(keys.JOBS, "fetch:r1")
+    due = redis_client.zscore(jobs.JOBS, "fetch:r1")
     assert due is not None and 85 <= due - now <= 95
     # A swept call ended long ago: it states its own delay.
     intake.accept(event_from_fields({"CallSid": "r2", "Status": "completed"}), fetch_delay=0)
-    due = redis_client.zscore(keys.JOBS, "fetch:r2")
+    due = redis_client.zscore(jobs.JOBS, "fetch:r2")
     assert due is not None and due - now <= 5
 
 

@@ -14,8 +14,9 @@ def test_dead_letter_keeps_reason_attempts_and_callback(redis_client: redis.Redi
     job = JobId("deliver", "c1", "hubspot")
     book.schedule(str(job))
     for _ in range(2):
-        book.begin(str(job))
-        book.unlock(str(job))
+        [batch] = book.claim()
+        book.begin(str(job), batch.token)
+        book.release(str(job), batch.token, 0)
     letter = dead.add(
         job,
         reason="permanent error",
@@ -30,7 +31,7 @@ def test_dead_letter_keeps_reason_attempts_and_callback(redis_client: redis.Redi
     assert listed.first_attempt_at and listed.last_attempt_at and listed.failed_at
     assert listed.callback == {"CallSid": "c1"}
     fetch = dead.add(JobId("fetch", "c2"), reason="retries exhausted", error="10744")
-    assert fetch.sink is None and dead.count() == 2
+    assert fetch is not None and fetch.sink is None and dead.count() == 2
 
 
 def test_replay_books_the_job_again_with_fresh_attempts(redis_client: redis.Redis) -> None:
@@ -38,8 +39,10 @@ def test_replay_books_the_job_again_with_fresh_attempts(redis_client: redis.Redi
     dead = DeadLetters(redis_client, book)
     job = JobId("deliver", "c1", "jsonl")
     book.schedule(str(job))
-    book.begin(str(job))
-    letter = dead.add(job, reason="retries exhausted", error="x")
+    [batch] = book.claim()
+    book.begin(str(job), batch.token)
+    letter = dead.add(job, token=batch.token, reason="retries exhausted", error="x")
+    assert letter is not None
     dead.replay(letter, force=True)
     assert book.pending(str(job)) and dead.count() == 0
     assert book.info(str(job)) == {"force": "1"}

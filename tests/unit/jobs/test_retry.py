@@ -6,7 +6,8 @@ import random
 import pytest
 
 from worker.errors import ConfigFaultError, PermanentError, RateLimitedError, TransientError
-from worker.jobs.retry import DEAD, PARK, RETRY, backoff, decide
+from worker.jobs import Outcome
+from worker.jobs.retry import backoff, decide
 from worker.settings import Settings
 
 SETTINGS = Settings.from_env(
@@ -26,28 +27,28 @@ def test_backoff_is_full_jitter_under_an_exponential_cap() -> None:
 
 def test_transient_errors_retry_until_attempts_run_out() -> None:
     err = TransientError("legs not ready")
-    assert decide(err, 1, SETTINGS).action == RETRY
-    assert decide(err, 11, SETTINGS).action == RETRY
-    assert decide(err, 12, SETTINGS).action == DEAD
+    assert decide(err, 1, SETTINGS).action is Outcome.RETRY
+    assert decide(err, 11, SETTINGS).action is Outcome.RETRY
+    assert decide(err, 12, SETTINGS).action is Outcome.DEAD
 
 
 def test_retry_after_is_a_floor() -> None:
     err = RateLimitedError("429", retry_after=30)
     for _ in range(50):
         decision = decide(err, 1, SETTINGS)
-        assert decision.action == RETRY and decision.delay >= 30
+        assert decision.action is Outcome.RETRY and decision.delay >= 30
 
 
 def test_per_error_attempt_limit_for_call_not_found() -> None:
     err = TransientError("404/10744", max_attempts=3)
-    assert decide(err, 2, SETTINGS).action == RETRY
-    assert decide(err, 3, SETTINGS).action == DEAD
+    assert decide(err, 2, SETTINGS).action is Outcome.RETRY
+    assert decide(err, 3, SETTINGS).action is Outcome.DEAD
 
 
 def test_permanent_dead_letters_at_once_and_config_faults_park() -> None:
-    assert decide(PermanentError("bad"), 1, SETTINGS).action == DEAD
+    assert decide(PermanentError("bad"), 1, SETTINGS).action is Outcome.DEAD
     parked = decide(ConfigFaultError("401/1010"), 50, SETTINGS)
-    assert parked.action == PARK and parked.delay > 0
+    assert parked.action is Outcome.PARKED and parked.delay > 0
 
 
 def test_a_retry_after_beyond_half_the_retention_is_cut_with_an_error(
@@ -56,5 +57,5 @@ def test_a_retry_after_beyond_half_the_retention_is_cut_with_an_error(
     settings = SETTINGS.with_(retention_hours=0.01)  # 36 s
     with caplog.at_level(logging.ERROR, logger="exolegs.retry"):
         decision = decide(RateLimitedError("slow down", retry_after=86400), 1, settings)
-    assert decision.action == RETRY and decision.delay == pytest.approx(18)
+    assert decision.action is Outcome.RETRY and decision.delay == pytest.approx(18)
     assert "beyond half of RETENTION_HOURS" in caplog.text
