@@ -271,6 +271,8 @@ def sweep_pages(
     page_uri: str | None = None,
     refetch_unavailable: bool = False,
     grace: float | None = None,
+    share: float | None = None,
+    fetch_delay: Callable[[], float] | None = None,
     stop: threading.Event | None = None,
 ) -> Iterator[tuple[Tally, str | None]]:
     """List ``since``..``until`` (within one month) and book what was never accepted.
@@ -279,7 +281,7 @@ def sweep_pages(
     caller can save its place (backfill) or renew its lock (the sweeper).
     """
     client = rt.exotel_for(account.name)
-    budget = Budget(rt, account, rt.settings.reconcile_rate_share)
+    budget = Budget(rt, account, share or rt.settings.reconcile_rate_share)
     first = True
     while first or page_uri:
         first = False
@@ -295,6 +297,7 @@ def sweep_pages(
             dry_run=dry_run,
             refetch_unavailable=refetch_unavailable,
             grace=rt.settings.reconcile_grace_seconds if grace is None else grace,
+            fetch_delay=fetch_delay,
         )
         page_uri = page.next_uri
         yield tally, page_uri
@@ -309,6 +312,7 @@ def book_page(
     dry_run: bool,
     refetch_unavailable: bool,
     grace: float,
+    fetch_delay: Callable[[], float] | None = None,
 ) -> Tally:
     """Book one page's finished, never-accepted calls through the intake."""
     now = float(rt.redis.time()[0])
@@ -336,7 +340,8 @@ def book_page(
         if dry_run:
             tally.booked += 1
             continue
-        accepted = rt.intake.accept(event, account.name, source=source, fetch_delay=0)
+        delay = fetch_delay() if fetch_delay is not None else 0.0
+        accepted = rt.intake.accept(event, account.name, source=source, fetch_delay=delay)
         if accepted.fetch_booked:
             tally.booked += 1
         else:

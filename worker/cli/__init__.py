@@ -320,6 +320,9 @@ def parser() -> argparse.ArgumentParser:
     dp.add_argument("--older-than", type=_duration, required=True, help="e.g. 30d")
     dp.add_argument("--account", help=ACCOUNT_HELP)
     dp.set_defaults(func=cmd_dead_purge)
+    from worker.cli.backfill import add_parser as add_backfill
+
+    add_backfill(sub)
     sinks = sub.add_parser("sinks", help="sinks").add_subparsers(dest="sinks", required=True)
     sinks.add_parser("list").set_defaults(func=cmd_sinks_list)
     sinks.add_parser("check").set_defaults(func=cmd_sinks_check)
