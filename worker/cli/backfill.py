@@ -61,7 +61,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "backfill",
         help="list the account's calls in a range from Exotel and book those never seen",
         description="Lists calls through Exotel's Bulk Call Details, 28 days at a time "
-        "(Exotel allows a month per request), and books every finished call exolegs never accepted (record source: backfill). "
+        "(Exotel allows a month per request), and books every finished call exolegs "
+        "never accepted (record source: backfill). "
         "Times are India time. Interrupted? Run the same command again to resume.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
