@@ -214,7 +214,8 @@ class LeadSquaredSink(CrmSink):
             )
         if kind and (kind in VALIDATION_EXCEPTIONS or _VALIDATION_WORDS.search(kind)):
             hint = (
-                "; map the agent in the agents file (agents=) so UserId names them"
+                "; check the agent's entry in the agents file (agents=): UserId must be a "
+                "LeadSquared user id, and names an agent who has no phone number"
                 if "Number" in said or "UserId" in said
                 else ""
             )

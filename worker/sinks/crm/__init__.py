@@ -12,6 +12,9 @@
   direction, duration and time formats, and the leg summary.
 - :mod:`~worker.sinks.crm.oauth`: access tokens cached in Redis for every
   worker, minted by one worker at a time.
+- :mod:`~worker.sinks.crm.fields`: the CRM's own field metadata, the field
+  names a sink resolves from it (cached in this process), and the problems
+  ``exolegs sinks check`` reports about them.
 - :mod:`~worker.sinks.crm.base`: :class:`CrmSink`, the sinks' common base.
 
 Everything is re-exported here, so ``from worker.sinks.crm import …`` works.
