@@ -35,6 +35,7 @@ Zoho Accounts server, which names its data centre: accounts.zoho.com, .in,
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
@@ -482,16 +483,15 @@ class ZohoSink(CrmSink):
         problems: list[str] = []
         probe = "+10000000000"  # a number no contact has: the search answers 204
         for module in ("Contacts", "Leads"):
-            self._probe(
-                problems,
-                lambda module=module: self._api(  # type: ignore[misc]
-                    "GET",
-                    f"/{module}/search",
-                    what=f"{module} search (check)",
-                    family=f"{module} search",
-                    params={"phone": probe},
-                ),
+            search = functools.partial(
+                self._api,
+                "GET",
+                f"/{module}/search",
+                what=f"{module} search (check)",
+                family=f"{module} search",
+                params={"phone": probe},
             )
+            self._probe(problems, search)
         fields = self._probe(problems, self.read_fields)
         if fields is not None:
             names, found = resolve(self.field_specs(), fields, what="Zoho CRM Calls")
