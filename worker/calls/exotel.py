@@ -86,6 +86,25 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - current)
 
 
+def server_now(headers: Any) -> float | None:
+    """The answering server's clock (its ``Date`` header), to read a dated ``Retry-After`` by.
+
+    A date in ``Retry-After`` (or an epoch ``X-RateLimit-Reset``) is a time
+    on the server's clock; measured against it, the wait is right however
+    far off this host's clock is.
+    """
+    value = headers.get("Date") if headers is not None else None
+    if not value:
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
 def _parse_rate_limit_reset(value: str | None, now: float | None = None) -> float | None:
     """Seconds to wait from ``X-RateLimit-Reset`` (unconfirmed header, so tolerant).
 
@@ -412,7 +431,7 @@ class ExotelClient:
 
     @staticmethod
     def _retry_after(answer: requests.Response, status: int) -> float | None:
-        now = time.time()
+        now = server_now(answer.headers) or time.time()
         delay = parse_retry_after(answer.headers.get("Retry-After"), now)
         if delay is None and status == 429:
             delay = _parse_rate_limit_reset(answer.headers.get("X-RateLimit-Reset"), now)

@@ -39,6 +39,7 @@ from urllib.parse import quote, urlsplit
 
 import requests
 
+from worker.calls.exotel import server_now
 from worker.errors import (
     ConfigFaultError,
     ExolegsError,
@@ -176,7 +177,9 @@ class HubSpotSink(CrmSink):
         shown = f"HubSpot {what} answered {status}"
         if status == 429:
             policy = str(data.get("policyName") or "")
-            header = parse_retry_after(response.headers.get("Retry-After"))
+            header = parse_retry_after(
+                response.headers.get("Retry-After"), server_now(response.headers)
+            )
             if policy == "DAILY":
                 wait = seconds_until_utc_midnight()
                 return RateLimitedError(

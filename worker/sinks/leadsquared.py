@@ -41,6 +41,7 @@ from urllib.parse import urlsplit
 
 import requests
 
+from worker.calls.exotel import server_now
 from worker.errors import (
     ConfigFaultError,
     ExolegsError,
@@ -197,7 +198,9 @@ class LeadSquaredSink(CrmSink):
         kind = str(body.get("ExceptionType") or "") or None
         shown = f"LeadSquared {what} answered {status}" + (f" {kind}" if kind else "")
         if status == 429 or kind in RATE_EXCEPTIONS:
-            wait = parse_retry_after(response.headers.get("Retry-After"))
+            wait = parse_retry_after(
+                response.headers.get("Retry-After"), server_now(response.headers)
+            )
             return RateLimitedError(
                 f"{shown}: {said}; backing off",
                 retry_after=wait if wait is not None else DEFAULT_RETRY_AFTER,

@@ -42,6 +42,7 @@ from urllib.parse import unquote, unquote_plus, urlsplit, urlunsplit
 
 import requests
 
+from worker.calls.exotel import server_now
 from worker.errors import (
     ExolegsError,
     PermanentError,
@@ -325,7 +326,9 @@ def raise_for_answer(
     status = response.status_code
     if 200 <= status < 300:
         return
-    retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+    retry_after = retry_after_seconds(
+        response.headers.get("Retry-After"), now=server_now(response.headers)
+    )
     error: ExolegsError
     hint = clean(response.text or response.reason or "", 200) or "(empty body)"
     if 300 <= status < 400:

@@ -409,3 +409,14 @@ def test_parse_retry_after() -> None:
     assert parse_retry_after("soon") is None
     assert parse_retry_after(formatdate(now + 120, usegmt=True), now=now) == 120.0
     assert parse_retry_after(formatdate(now - 120, usegmt=True), now=now) == 0.0
+
+
+def test_a_dated_retry_after_is_read_by_the_servers_clock_not_ours() -> None:
+    """A host whose clock is a minute off still waits what the server asked."""
+    from worker.calls.exotel import server_now
+
+    headers = {"Date": "Tue, 01 Dec 2026 10:00:00 GMT"}
+    now = server_now(headers)
+    assert now is not None
+    assert parse_retry_after("Tue, 01 Dec 2026 10:00:30 GMT", now) == 30
+    assert server_now({}) is None and server_now({"Date": "garbage"}) is None
