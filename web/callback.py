@@ -19,17 +19,22 @@ from web.guard import Refusal
 from web.payload import PayloadError, decode_body
 from worker import metrics
 from worker.calls.callbacks import CallbackError, event_from_fields
+from worker.calls.intake import CallbackTooLarge
 from worker.settings import Account
 
 bp = Blueprint("callback", __name__)
 log = logging.getLogger("exolegs.web")
 
 
-def accepted_reply(call_sid: str, duplicate: bool, *, spooled: bool = False) -> Response:
+def accepted_reply(
+    call_sid: str, duplicate: bool, *, spooled: bool = False, dropped: bool = False
+) -> Response:
     """The 200 body, built directly: this is the hot path."""
     body = {"accepted": True, "call_sid": call_sid, "duplicate": duplicate}
     if spooled:
         body["spooled"] = True
+    if dropped:
+        body["dropped"] = True
     return Response(json.dumps(body, separators=(",", ":")), mimetype="application/json")
 
 
@@ -91,6 +96,8 @@ def callback(token: str) -> ResponseReturnValue:
     cross_check(edge.runtime.account(account), event.call_sid, fields)
     try:
         accepted = edge.runtime.intake.accept(event, account)
+    except CallbackTooLarge as err:  # checked before Redis or the spool is touched
+        return error(413, str(err))
     except RedisError as err:
         try:
             edge.spool.write(fields, account)
@@ -107,4 +114,4 @@ def callback(token: str) -> ResponseReturnValue:
             return jsonify(error="temporarily unable to accept callbacks; retry later"), 503
         log.warning("call %s: Redis unreachable (%s); callback spooled", event.call_sid, err)
         return accepted_reply(event.call_sid, False, spooled=True)
-    return accepted_reply(event.call_sid, accepted.duplicate)
+    return accepted_reply(event.call_sid, accepted.duplicate, dropped=accepted.dropped)

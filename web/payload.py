@@ -16,14 +16,18 @@ Decisions, each tested:
 - Flattened form keys (``Legs[1][Insights][DetailedStatus]``) become nested
   dicts and lists. Canonical integers (``0``, ``1`` … not ``01``) index a
   list, ``[]`` appends, other segments are dict keys; holes in a list are
-  filled with ``{}``. An index over :data:`MAX_INDEX` or more than
+  filled with ``{}``, but all the lists of one callback hold at most
+  :data:`MAX_LIST_SLOTS` slots in total and no more gaps than items (plus
+  :data:`FREE_GAPS`), so a few bytes of ``a[100][100]`` cannot become
+  thousands of stored ``{}``. An index over :data:`MAX_INDEX` or more than
   :data:`MAX_KEY_DEPTH` bracket segments is a 400 ("too deeply nested"), as is
   a key used both as a scalar and as a container. Keys that are not of the
   ``name[seg]...`` form (``a[b``, ``[x]``) stay flat. JSON keys are never
   expanded.
 - Bodies must be UTF-8 whatever ``charset`` says (it is tolerated, not
-  honoured); NUL in a key or value, NaN/Infinity, or JSON nested deeper than
-  :data:`MAX_JSON_DEPTH` is a 400.
+  honoured); NUL or another control character (other than tab, CR, LF) in a
+  form key or value (each would be stored as a six-byte JSON escape),
+  NaN/Infinity, or JSON nested deeper than :data:`MAX_JSON_DEPTH` is a 400.
 - An empty (or all-whitespace) body is fine with any content type. A
   non-empty body needs one of the three supported types, else 415: that
   includes ``text/plain`` and a missing content type, so data is never
@@ -46,6 +50,10 @@ __all__ = ["MAX_BODY_BYTES", "PayloadError", "decode_body"]
 MAX_BODY_BYTES = 64 * 1024
 MAX_FIELDS = 1000
 MAX_INDEX = 100
+#: List slots (items and the ``{}`` filling holes) in all the lists of one callback.
+MAX_LIST_SLOTS = 256
+#: List gaps allowed beyond one per item (``Legs[2]`` alone is fine).
+FREE_GAPS = 8
 MAX_KEY_DEPTH = 8
 MAX_JSON_DEPTH = 32
 
@@ -102,10 +110,15 @@ def _utf8(data: bytes) -> str:
         raise PayloadError(400, "body is not valid UTF-8") from None
 
 
+_CONTROL_RE = re.compile(r"[\x01-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
 def _check_nul(pairs: Iterable[tuple[str, str]]) -> None:
     for key, value in pairs:
         if "\x00" in key or "\x00" in value:
             raise PayloadError(400, "NUL byte in a field name or value")
+        if _CONTROL_RE.search(key) or _CONTROL_RE.search(value):
+            raise PayloadError(400, "control character in a field name or value")
 
 
 def _parse_form(body: bytes) -> list[tuple[str, str]]:
@@ -304,7 +317,36 @@ def _expand(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
         if isinstance(existing, dict | _Arr):
             raise _conflict(key)
         _put(node, slot, value)
-    return _freeze(root) if nested else root
+    if not nested:
+        return root
+    _count_slots(root)
+    frozen: dict[str, Any] = _freeze(root)
+    return frozen
+
+
+def _count_slots(root: dict[str, Any]) -> None:
+    """400 when the lists would hold over MAX_LIST_SLOTS slots, or many more gaps than items.
+
+    Each gap is stored as ``{}``; with at most one gap per item sent, the
+    padding costs fewer bytes than the keys that asked for it.
+    """
+    total = gaps = 0
+    stack: list[Any] = [root]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, _Arr):
+            size = max(node.items, default=-1) + 1
+            total += size
+            gaps += size - len(node.items)
+            if total > MAX_LIST_SLOTS:
+                raise PayloadError(
+                    400, f"list fields too long: over {MAX_LIST_SLOTS} list items in all"
+                )
+            stack.extend(node.items.values())
+        elif isinstance(node, dict):
+            stack.extend(node.values())
+    if gaps > total - gaps + FREE_GAPS:
+        raise PayloadError(400, "list fields with more gaps than items (Legs[0], Legs[1], ...)")
 
 
 def _freeze(node: Any) -> Any:

@@ -70,6 +70,7 @@ class CallbackOutcome(StrEnum):
     ACCEPTED = "accepted"  # a new event for a call
     DUPLICATE = "duplicate"  # the same call and event again
     REJECTED = "rejected"  # refused: token, body, call sid, rate limit
+    DROPPED = "dropped"  # answered 200 but not kept: the call has CALLBACK_MAX_EVENTS events
 
 
 class DeliveryOutcome(StrEnum):

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from worker.calls.intake import Intake
+from worker.calls.intake import STORED_OVERHEAD_BYTES, Intake
 from worker.jobs import JobBook
 from worker.jobs.circuit import Circuit
 from worker.jobs.deadletters import DeadLetters
@@ -88,6 +88,8 @@ class Runtime:
             self.redis,
             retention_seconds=self.settings.retention_seconds,
             fetch_delay=self.settings.fetch_delay_seconds,
+            max_events=self.settings.callback_max_events,
+            max_stored_bytes=self.settings.max_body_bytes + STORED_OVERHEAD_BYTES,
         )
 
     # ------------------------------------------------------------ accounts

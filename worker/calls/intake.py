@@ -33,15 +33,29 @@ if TYPE_CHECKING:
 # time, "source" how the call reached us and "terminal_at" when its end was
 # first heard of. With "adaptive", the fetch waits the larger of the delay and
 # the one legs readiness has raised (worker.calls.readiness).
-# Returns 0 duplicate, 1 accepted, 2 accepted and a fetch was booked.
+# "events" counts the distinct events kept; once it reaches ARGV[14]
+# (CALLBACK_MAX_EVENTS) a new event is only counted ("dropped", and the
+# ARGV[15] counter) and nothing else is written, except a call's first
+# terminal event, which is always kept so the call still gets its fetch.
+# Returns 0 duplicate, 1 accepted, 2 accepted and a fetch was booked,
+# 3 dropped.
 _ACCEPT = (
     metrics.LUA
     + timeline.LUA
     + """
-if redis.call('HSETNX', KEYS[1], 'seen:' .. ARGV[6], '1') == 0 then
+if redis.call('HEXISTS', KEYS[1], 'seen:' .. ARGV[6]) == 1 then
   metric(KEYS[4], KEYS[5], KEYS[6], ARGV[11], 1)
   return 0
 end
+local kept = tonumber(redis.call('HGET', KEYS[1], 'events') or '0')
+if kept >= tonumber(ARGV[14])
+   and (ARGV[3] ~= '1' or redis.call('HEXISTS', KEYS[1], 'fetch') == 1) then
+  redis.call('HINCRBY', KEYS[1], 'dropped', 1)
+  metric(KEYS[4], KEYS[5], KEYS[6], ARGV[15], 1)
+  return 3
+end
+redis.call('HSET', KEYS[1], 'seen:' .. ARGV[6], '1')
+redis.call('HINCRBY', KEYS[1], 'events', 1)
 local result = 1
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -83,17 +97,48 @@ def _counted(account: str) -> tuple[str, str]:
     )
 
 
+@functools.cache
+def _dropped(account: str) -> str:
+    """The "dropped" series of one account's callbacks (over CALLBACK_MAX_EVENTS)."""
+    return metrics.series(
+        metrics.Counter.CALLBACKS, outcome=metrics.CallbackOutcome.DROPPED, account=account
+    )
+
+
+#: Distinct events kept per call unless the settings say otherwise (CALLBACK_MAX_EVENTS).
+MAX_EVENTS = 100
+#: How far a stored callback (JSON) may exceed the body limit: a form field
+#: costs 4 more bytes as JSON (quotes, colon), and there are at most 1000.
+STORED_OVERHEAD_BYTES = 8 * 1024
+
+
+class CallbackTooLarge(ValueError):
+    """A callback whose stored form would be over the limit; str() is the reason (413)."""
+
+
 @dataclass(frozen=True)
 class Accepted:
     duplicate: bool
     fetch_booked: bool
+    #: Answered but not kept: the call already has its CALLBACK_MAX_EVENTS events.
+    dropped: bool = False
 
 
 class Intake:
-    def __init__(self, redis: Redis, *, retention_seconds: int, fetch_delay: float) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        retention_seconds: int,
+        fetch_delay: float,
+        max_events: int = MAX_EVENTS,
+        max_stored_bytes: int = 64 * 1024 + STORED_OVERHEAD_BYTES,
+    ) -> None:
         self.redis = redis
         self.retention_seconds = retention_seconds
         self.fetch_delay = fetch_delay
+        self.max_events = max_events
+        self.max_stored_bytes = max_stored_bytes
         self._accept = redis.register_script(_ACCEPT)
 
     def accept(
@@ -111,11 +156,18 @@ class Intake:
         while ago and pass their own ``fetch_delay``.
         """
         sid = event.call_sid
+        # ensure_ascii=False: a non-ASCII character is stored as its UTF-8 bytes,
+        # not as a \uXXXX escape up to three times longer.
         payload = json.dumps(
             {"event": event.event, "status": event.status, "fields": event.fields},
             separators=(",", ":"),
             default=str,
-        )
+            ensure_ascii=False,
+        ).encode()
+        if len(payload) > self.max_stored_bytes:
+            raise CallbackTooLarge(
+                f"callback over {self.max_stored_bytes} bytes once decoded ({len(payload)})"
+            )
         result = int(
             self._accept(
                 keys=[
@@ -144,10 +196,12 @@ class Intake:
                     *_counted(account),
                     Source(source).value,
                     "1" if fetch_delay is None else "0",
+                    self.max_events,
+                    _dropped(account),
                 ],
             )
         )
-        return Accepted(duplicate=result == 0, fetch_booked=result == 2)
+        return Accepted(duplicate=result == 0, fetch_booked=result == 2, dropped=result == 3)
 
     def known(
         self, call_sids: list[str], account: str = DEFAULT_ACCOUNT

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -352,10 +353,27 @@ def test_empty_brackets_append() -> None:
 
 
 def test_index_cap() -> None:
-    assert len(form("a[100]=x")["a"]) == 101
+    assert len(form("&".join(f"a[{i}]=x" for i in range(50, 101)))["a"]) == 101
     error = refused(FORM, b"a[101]=x")
     assert error.status == 400 and "index" in str(error)
     assert refused(FORM, b"a[99999999999999999999]=x").status == 400
+
+
+def test_list_padding_is_bounded() -> None:
+    """a[100][100] used to store 10,000 {} for 11 bytes; gaps must be paid for by items."""
+    assert refused(FORM, b"a[100]=x").status == 400
+    assert "gaps" in str(refused(FORM, b"CallSid=x&a[0][100]=1"))
+    assert form("Legs[8][Status]=busy")["Legs"][8] == {"Status": "busy"}  # FREE_GAPS
+    keys = "&".join(f"l{k}[{i}]=x" for k in range(3) for i in range(100)).encode()
+    error = refused(FORM, keys)
+    assert error.status == 400 and "over 256 list items" in str(error)
+
+
+def test_control_characters_are_400() -> None:
+    for raw in (b"x=\x01", b"x\x1b=1", b"x=a\x7fb", b"x=%01"):
+        error = refused(FORM, b"CallSid=c&" + raw)
+        assert error.status == 400 and "control character" in str(error), raw
+    assert form("x=a%09b%0Ac%0Dd")["x"] == "a\tb\nc\rd"
 
 
 def test_depth_cap_is_400() -> None:
@@ -532,10 +550,12 @@ def test_decode_body_returns_a_dict_or_raises_payload_error(
         assert_json_serialisable(fields)
 
 
+#: Control characters other than tab, CR and LF are refused (400).
+CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 FLAT_KEYS = st.text(min_size=1, max_size=12).filter(
-    lambda k: "[" not in k and "]" not in k and "\x00" not in k
+    lambda k: "[" not in k and "]" not in k and not CONTROL.search(k)
 )
-NO_NUL = st.text(max_size=12).filter(lambda v: "\x00" not in v)
+NO_NUL = st.text(max_size=12).filter(lambda v: not CONTROL.search(v))
 
 
 @settings(max_examples=200, deadline=None)
@@ -570,7 +590,7 @@ def depth(value: Any) -> int:
     value=st.dictionaries(
         st.from_regex(r"[A-Za-z]{1,6}", fullmatch=True),
         st.recursive(
-            st.text(max_size=6).filter(lambda s: "\x00" not in s),
+            st.text(max_size=6).filter(lambda s: not CONTROL.search(s)),
             lambda children: (
                 st.lists(children, min_size=1, max_size=3)
                 | st.dictionaries(
