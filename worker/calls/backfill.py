@@ -126,12 +126,17 @@ def run(
     share: float,
     on_page: Callable[[Progress, datetime, datetime], None],
     stop: threading.Event | None = None,
+    asked_until: datetime | None = None,
 ) -> tuple[Tally, bool]:
-    """List and book the range; returns (tally, resumed). Saves its place after every page."""
+    """List and book the range; returns (tally, resumed). Saves its place after every page.
+
+    The place is kept under the range as asked (``asked_until``, before it
+    was clamped to now), so the same command finds it again.
+    """
     from worker.calls.reconcile import sweep_pages
 
     pieces = list(chunks(since, until))
-    key = state_key(account.name, since, until)
+    key = state_key(account.name, since, asked_until or until)
     saved = None if dry_run else load(rt, key, len(pieces))
     progress = saved or Progress(0, None, Tally(), len(pieces))
     spread = Spread(account.rate_limit.period / (account.rate_limit.count * share))

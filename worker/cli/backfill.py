@@ -99,9 +99,10 @@ def cmd_backfill(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
         raise SettingsError("EXOTEL_ACCOUNT_SID", f"account {account.name} has no credentials")
     now = datetime.now(INDIA)
     since = backfill.parse_time(args.since)
+    asked_until = backfill.parse_time(args.until, end=True)
     until = backfill.check_range(
         since,
-        backfill.parse_time(args.until, end=True),
+        asked_until,
         now,
         settings.retention_hours,
         args.past_retention,
@@ -120,6 +121,7 @@ def cmd_backfill(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
             share=args.share,
             on_page=report.page,
             stop=stop,
+            asked_until=asked_until,
         )
     except KeyboardInterrupt:
         stop.set()

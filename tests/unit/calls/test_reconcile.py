@@ -64,7 +64,7 @@ def default(rt: Runtime) -> Any:
 
 
 def booked(rt: Runtime) -> set[str]:
-    return {j.decode().split(":", 1)[1] for j in rt.redis.zrange(keys.JOBS, 0, -1)}
+    return {j.decode().split(":", 1)[1] for j in rt.redis.zrange(jobs.JOBS, 0, -1)}
 
 
 def test_calls_never_accepted_are_booked_once_as_reconcile(make_rt, sim: Simulator) -> None:  # type: ignore[no-untyped-def]
@@ -121,13 +121,16 @@ def test_tick_runs_what_is_due_and_remembers_it(make_rt, sim: Simulator) -> None
 
 
 def test_legs_unavailable_calls_are_asked_again_by_the_hourly_tier(make_rt, sim: Simulator) -> None:  # type: ignore[no-untyped-def]
-    from worker.calls.intake import mark_legs_unavailable
+    from worker.tasks import run_batch
 
-    rt = make_rt()
+    rt = make_rt(RETRY_MAX_ATTEMPTS="1")
     sim.place(["lu1"])
+    sim.script("lu1", [{"status": 500, "code": 10743}])
     rt.intake.accept(event_from_fields({"CallSid": "lu1", "Status": "completed"}))
-    rt.book.finish(jobs.fetch_id("lu1"))
-    mark_legs_unavailable(rt.redis, "lu1")
+    for _ in range(2):  # the fetch gives up (legs unavailable), then the delivery
+        for batch in rt.book.claim():
+            run_batch(rt, batch)
+    assert rt.book.size() == 0
     recent = reconcile.run_tier(rt, default(rt), Tier.RECENT)
     assert recent is not None and recent.refetch == 0 and booked(rt) == set()
     hourly = reconcile.run_tier(rt, default(rt), Tier.HOURLY)

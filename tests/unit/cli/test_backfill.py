@@ -11,7 +11,6 @@ import pytest
 import redis
 
 from tests.support.processes import Simulator
-from worker import keys
 from worker.calls import backfill
 from worker.calls.intake import call_facts
 from worker.calls.provenance import Source
@@ -19,6 +18,7 @@ from worker.calls.reconcile import INDIA, stamp
 from worker.calls.simulator import SimulatorConfig, start_in_thread
 from worker.cli.backfill import Reporter, cmd_backfill
 from worker.errors import SettingsError
+from worker.jobs import JOBS
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_dry_run_books_nothing_and_says_what_it_would(environ: redis.Redis, sim:
     assert cmd_backfill(args(dry_run=True), out=out) == 0
     text = out.getvalue()
     assert "dry run: nothing will be booked" in text and "would book 12" in text
-    assert environ.zcard(keys.JOBS) == 0
+    assert environ.zcard(JOBS) == 0
 
 
 def test_books_the_unseen_and_prints_the_summary(environ: redis.Redis, sim: Simulator) -> None:
@@ -104,12 +104,12 @@ def test_ctrl_c_then_the_same_command_carries_on(
     out = io.StringIO()
     assert cmd_backfill(args(), out=out) == 130
     assert "run the same command again" in out.getvalue()
-    assert environ.zcard(keys.JOBS) == 200
+    assert environ.zcard(JOBS) == 200
     out = io.StringIO()
     assert cmd_backfill(args(), out=out) == 0
     text = out.getvalue()
     assert "resumed" in text and "booked 250" in text
-    assert environ.zcard(keys.JOBS) == 250
+    assert environ.zcard(JOBS) == 250
     assert len(pages) == 3  # the third page only: the first two were not listed again
 
 
@@ -139,7 +139,7 @@ def test_resume_state_is_kept_per_range(environ: redis.Redis, sim: Simulator) ->
     )
     assert resumed and tally.listed == 250 and tally.booked == 250
     assert environ.get(backfill.state_key("default", since, until)) is None
-    due = sorted(s for _, s in environ.zrange(keys.JOBS, 0, -1, withscores=True))
+    due = sorted(s for _, s in environ.zrange(JOBS, 0, -1, withscores=True))
     assert due[-1] - due[0] > 1.0  # spread out at the backfill's share, not all due at once
 
 
