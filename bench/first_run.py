@@ -1,18 +1,20 @@
 """A newcomer's first run: fresh clone, ``make run``, seconds until the first served request.
 
-Each round clones the committed ``--ref`` into a temporary directory twice and
+Each round clones the committed ``--ref`` into a temporary directory three times and
 times, from ``make`` starting to the first ``200`` from ``GET /healthz``:
 
-- ``make run``: installs what running needs (the package and its embedded Redis);
+- ``make run``: installs what running needs (the package and its embedded
+  Redis) with uv;
+- ``make run UV=``: the same with pip alone;
 - ``make venv run``: installs the test and lint tools too first, as ``make run``
   once did (the baseline).
 
-Both start from nothing: a new clone, no ``.venv``, an empty pip cache of their
-own (``PIP_CACHE_DIR`` in the temporary directory), no ``REDIS_URL``,
+Each starts from nothing: a new clone, no ``.venv``, empty pip and uv caches of
+its own (in the temporary directory), no ``REDIS_URL``,
 ``CALLBACK_TOKEN``, ``SINKS`` or Exotel credentials from this shell. They
 alternate, and the ratio is printed per round.
 
-    .venv/bin/python bench/first_run.py              # 1 round, ~2 minutes here
+    .venv/bin/python bench/first_run.py              # 1 round, ~3 minutes here
     .venv/bin/python bench/first_run.py --rounds 2
 
 The absolute times depend on the package index (this machine's is a local
@@ -40,7 +42,11 @@ from bench.common import ROOT, free_port
 SCRUB = ("REDIS_URL", "REDIS_TLS_URL", "CALLBACK_TOKEN", "SINKS", "PORT", "SPOOL_DIR",
          "EXOTEL_ACCOUNT_SID", "EXOTEL_API_KEY", "EXOTEL_API_TOKEN", "EXOTEL_BASE_URL",
          "VIRTUAL_ENV", "PYTHONPATH")
-VARIANTS = {"make run": ["make", "run"], "make venv run (test tools too)": ["make", "venv", "run"]}
+VARIANTS = {
+    "make run": ["make", "run"],
+    "make run UV= (pip alone)": ["make", "run", "UV="],
+    "make venv run (test tools too)": ["make", "venv", "run"],
+}
 
 
 def served(port: int) -> bool:
@@ -57,7 +63,7 @@ def first_run(ref: str, argv: list[str], tmp: Path, *, timeout: float) -> float:
     subprocess.run(["git", "-C", str(clone), "checkout", "--quiet", ref], check=True)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in SCRUB}
-    env.update(PORT=str(port), PIP_CACHE_DIR=str(tmp / "pip-cache"))
+    env.update(PORT=str(port), PIP_CACHE_DIR=str(tmp / "pip-cache"), UV_CACHE_DIR=str(tmp / "uv"))
     log = (tmp / "make.log").open("wb")
     start = time.monotonic()
     proc = subprocess.Popen(argv, cwd=clone, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -103,7 +109,9 @@ def main() -> None:
                 times[name] = first_run(ref, argv, Path(tmp), timeout=args.timeout)
             print(f"{rnd:>5}  {name:34} {times[name]:8.1f}", flush=True)
         ours, base = times["make run"], times["make venv run (test tools too)"]
-        print(f"{rnd:>5}  {'ratio make run / with test tools':34} {ours / base:8.2f}", flush=True)
+        pip_only = times["make run UV= (pip alone)"]
+        print(f"{rnd:>5}  {'ratio make run / with test tools':34} {ours / base:8.2f}")
+        print(f"{rnd:>5}  {'ratio make run / pip alone':34} {ours / pip_only:8.2f}", flush=True)
 
 
 if __name__ == "__main__":
