@@ -49,7 +49,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -117,6 +117,13 @@ class SimulatorConfig:
     #: Legs exist only this many seconds after a placed call ended (or after the
     #: first legs request for any other call); until then 500/10743.
     legs_ready_after: float = 0.0
+    #: The callback Exotel sent for a call sid (its fields: ``From``, ``To``,
+    #: ``Direction``, ``Status``...), or None. When it has them, the legs use its
+    #: numbers, direction and outcome, so a demo record matches the demo curl.
+    #: ``exolegs dev`` wires it to the callbacks the edge stored.
+    callbacks: Callable[[str], Mapping[str, Any] | None] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     @property
     def all_accounts(self) -> dict[str, SimAccount]:
@@ -143,7 +150,17 @@ def _stamp(moment: datetime) -> str:
     return moment.isoformat(timespec="seconds")
 
 
-def legs_for(call_sid: str, account_sid: str) -> dict[str, Any]:
+def _field(callback: Mapping[str, Any], *names: str) -> str | None:
+    for name in names:
+        value = callback.get(name)
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return None
+
+
+def legs_for(
+    call_sid: str, account_sid: str, callback: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """Plausible ``leg_details`` for a call, the same every time for the same call sid.
 
     One customer leg and 1-3 agent legs. Agent legs carry ``group_id`` and
@@ -151,17 +168,40 @@ def legs_for(call_sid: str, account_sid: str) -> dict[str, Any]:
     another until one answers, and sometimes none does. Outbound
     (click-to-call) calls put the agents in ``from``; inbound ones put them in
     ``to``.
+
+    With the call's ``callback``, its numbers and outcome win: an outbound call
+    (``Direction`` outbound-*) dials its ``From`` as the one agent and then its
+    ``To`` as the customer, as Exotel's click-to-call does; an inbound call's
+    customer is its ``From`` and the agent who answers its ``DialWhomNumber``.
+    A ``Status`` of busy, no-answer, failed or canceled means nobody answered.
     """
+    callback = callback or {}
     rng = random.Random(hashlib.sha256(call_sid.encode()).digest())
     outbound = rng.random() < 0.5
+    direction = (_field(callback, "Direction", "direction") or "").lower()
+    if direction.startswith(("outbound", "inbound", "incoming")):
+        outbound = direction.startswith("outbound")
+    caller, called = _field(callback, "From", "from"), _field(callback, "To", "to")
+    dialled = _field(callback, "DialWhomNumber")
+    outcome = (_field(callback, "Status", "status", "DialCallStatus") or "").lower()
     epoch = datetime(2025, 1, 1, 9, 0, tzinfo=IST)
     start = epoch + timedelta(days=rng.randrange(365), seconds=rng.randrange(10 * 3600))
     n_agents = rng.choice((1, 1, 2, 2, 3)) if not outbound else rng.choice((1, 1, 1, 2))
+    if outbound and caller:
+        n_agents = 1  # click-to-call dials one agent: the callback's From
     all_missed = rng.random() < 0.25
+    if outcome:
+        all_missed = outcome in ("busy", "no-answer", "failed", "canceled")
     answering = -1 if all_missed else rng.randrange(n_agents)
+    if inbound_agent := (dialled if not outbound and not all_missed else None):
+        answering = n_agents - 1  # the number the callback says was dialled answered
     group_id, group_name = rng.choice(_GROUPS)
     names = rng.sample(_AGENTS, n_agents)
     customer_uri = _phone(rng)
+    if outbound and called:
+        customer_uri = called
+    elif not outbound and caller:
+        customer_uri = caller
     leg_prefix = _hex(rng, 4)
 
     def leg(
@@ -185,6 +225,10 @@ def legs_for(call_sid: str, account_sid: str) -> dict[str, Any]:
             uri = f"sip:{name.split()[0].lower()}@acme.sip.exotel.com"
         else:
             uri = _phone(rng, national=False)
+        if outbound and caller:
+            uri = caller
+        elif inbound_agent and i == answering:
+            uri = inbound_agent
         if i == answering:
             status, seconds = "completed", talk + rng.randint(2, 8)
             answered_at = clock
@@ -450,7 +494,16 @@ def _raw_response(status: int, body: str | None, headers: dict[str, str] | None)
     return answer
 
 
-def _legs_response(call_sid: str, account_sid: str) -> Response:
+def _callback(config: SimulatorConfig, call_sid: str) -> Mapping[str, Any] | None:
+    if config.callbacks is None:
+        return None
+    try:
+        return config.callbacks(call_sid)
+    except Exception:  # noqa: BLE001 - a demo nicety: without the callback the legs are random
+        return None
+
+
+def _legs_response(call_sid: str, account_sid: str, config: SimulatorConfig) -> Response:
     return jsonify(
         _envelope(
             200,
@@ -458,7 +511,7 @@ def _legs_response(call_sid: str, account_sid: str) -> Response:
                 "code": 200,
                 "error_data": None,
                 "status": "success",
-                "leg_details": legs_for(call_sid, account_sid),
+                "leg_details": legs_for(call_sid, account_sid, _callback(config, call_sid)),
             },
         )
     )
@@ -522,7 +575,7 @@ def create_app(config: SimulatorConfig) -> Flask:
         if state.roll_failure():
             status = ERRORS.get(config.fail_code, (500, "", ""))[0]
             return _error_response(status, config.fail_code, headers=limit_headers)
-        answer = _legs_response(call_sid, account_sid)
+        answer = _legs_response(call_sid, account_sid, config)
         answer.headers.update(limit_headers)
         return answer
 
@@ -533,7 +586,7 @@ def create_app(config: SimulatorConfig) -> Flask:
         if item.body is not None:
             return _raw_response(item.status, item.body, headers)
         if 200 <= item.status < 300:
-            answer = _legs_response(call_sid, account_sid)
+            answer = _legs_response(call_sid, account_sid, config)
             answer.status_code = item.status
             return answer
         if item.code is None:

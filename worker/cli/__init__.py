@@ -1,11 +1,13 @@
-"""The ``exolegs`` command line."""
+"""The ``exolegs`` command line: every command and option has help, each ends with an example."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from typing import Any
@@ -21,18 +23,30 @@ def _settings() -> Settings:
 
 
 # ----------------------------------------------------------------- processes
-def _web_server() -> Callable[[Settings], None]:
+def _web_server() -> Callable[..., None]:
     """The HTTP edge plugs itself in through an entry point: the core never imports web/."""
     (entry,) = entry_points(group="exolegs.processes", name="web")
-    server: Callable[[Settings], None] = entry.load()
+    server: Callable[..., None] = entry.load()
     return server
 
 
 def cmd_web(args: argparse.Namespace) -> int:
+    from worker.logs import configure_logging
+    from worker.redact import mask_url
+
     settings = _settings()
     if not settings.callback_tokens:
         raise SettingsError("CALLBACK_TOKEN", "must be set before the web process can start")
-    _web_server()(settings)
+    configure_logging(settings)
+    host = "127.0.0.1" if args.host in ("localhost", "") else args.host
+    logging.getLogger("exolegs.web").info(
+        "exolegs web listening on http://%s:%d (%d workers; sinks: %s)",
+        host,
+        settings.port,
+        settings.web_concurrency,
+        ", ".join(mask_url(s) for s in settings.sinks),
+    )
+    _web_server()(settings, bind=f"{host}:{settings.port}")
     return 0
 
 
@@ -43,6 +57,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     configure_logging(settings)
     init_sentry(settings, web=False)
     from celery import signals
+    from celery.exceptions import SecurityWarning
 
     from worker.celery_app import configure
     from worker.checks import Watchdog, worker_start
@@ -68,6 +83,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         argv += ["--concurrency", str(concurrency)]
     if args.pool:
         argv += ["--pool", args.pool]
+    # Celery warns whenever it runs as root (containers, CI): what it guards
+    # against is pickle from the broker, and this app accepts JSON only.
+    warnings.filterwarnings("ignore", category=SecurityWarning, module="celery.platforms")
     controllers: list[Any] = []
     signals.worker_init.connect(lambda sender=None, **_: controllers.append(sender), weak=False)
     from worker.sinks import fleet
@@ -86,7 +104,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_dev(args: argparse.Namespace) -> int:
     from worker.cli.dev import run_dev
 
-    return run_dev(simulate=args.simulate)
+    return run_dev(simulate=args.simulate, host=args.host)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -202,6 +220,8 @@ def cmd_dead_show(args: argparse.Namespace) -> int:
 
 
 def cmd_dead_replay(args: argparse.Namespace) -> int:
+    from worker.cli.progress import Progress
+
     dead, account = _dead(args)
     if args.all:
         letters = list(dead.listed(account))
@@ -209,13 +229,13 @@ def cmd_dead_replay(args: argparse.Namespace) -> int:
         letters = dead.for_call(args.call_sid, account)
     else:
         raise SettingsError("dead replay", "give a CALL_SID or --all")
-    total = len(letters)
-    for n, letter in enumerate(letters, 1):
-        dead.replay(letter, force=args.force)
-        if total > 20 and (n % 50 == 0 or n == total):
-            print(f"replayed {n}/{total}", file=sys.stderr, flush=True)
-    print(f"replayed {total} dead letter(s){' (forced past the ledger)' if args.force else ''}")
-    return 0 if total or args.all else 1
+    with Progress("replaying", total=len(letters)) as progress:
+        for letter in letters:
+            dead.replay(letter, force=args.force)
+            progress.advance()
+    forced = " (forced past the ledger)" if args.force else ""
+    print(f"replayed {len(letters)} dead letter(s){forced}")
+    return 0 if letters or args.all else 1
 
 
 def _duration(text: str) -> float:
@@ -229,8 +249,11 @@ def _duration(text: str) -> float:
 
 
 def cmd_dead_purge(args: argparse.Namespace) -> int:
+    from worker.cli.progress import Progress
+
     dead, account = _dead(args)
-    removed = dead.purge(args.older_than, account)
+    with Progress("purging") as progress:
+        removed = dead.purge(args.older_than, account, on_progress=progress.advance)
     print(f"purged {removed} dead letter(s)")
     return 0
 
@@ -260,78 +283,272 @@ def cmd_sinks_check(args: argparse.Namespace) -> int:
 ACCOUNT_HELP = "only this account's (a name from EXOTEL_ACCOUNTS, or 'default'), e.g. north"
 
 
+DESCRIPTION = """Turn Exotel call-completion callbacks into call records in your CRM.
+
+Every setting comes from the environment or a .env file in this directory
+(docs/configuration.md). Run in the directory of a running `exolegs dev`, the
+one-shot commands (check, fetch, dead, sinks) use its Redis, token and
+simulator for whatever the environment and .env leave unset (var/dev.env)."""
+
+#: Commands that act on a running service and may borrow a running dev instance's settings.
+ONE_SHOTS = {"fetch", "check", "dead", "sinks", "backfill"}
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the examples' line breaks and shows each option's default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (
+            action.default not in (None, False, argparse.SUPPRESS)
+            and "%(default)" not in text
+            and action.option_strings
+        ):
+            text += " (default: %(default)s)"
+        return text
+
+
+def _command(
+    sub: Any, name: str, summary: str, example: str, func: Callable[[argparse.Namespace], int]
+) -> argparse.ArgumentParser:
+    """A subcommand whose help ends with an example."""
+    p: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=summary,
+        description=summary[0].upper() + summary[1:] + ".",
+        epilog=f"example:\n  {example}",
+        formatter_class=_Formatter,
+    )
+    p.set_defaults(func=func)
+    return p
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("exolegs")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="exolegs", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("web", help="serve the callback endpoint (gunicorn)").set_defaults(func=cmd_web)
-    w = sub.add_parser("worker", help="run the Celery worker")
-    w.add_argument("--concurrency", type=int)
-    w.add_argument("--pool", choices=["prefork", "threads", "solo"])
-    w.set_defaults(func=cmd_worker)
-    d = sub.add_parser("dev", help="web + worker on this machine, Redis found or started")
-    d.add_argument("--simulate", action="store_true", help="also run the Exotel simulator")
-    d.set_defaults(func=cmd_dev)
-    f = sub.add_parser("fetch", help="fetch and print one call's enriched record")
-    f.add_argument("call_sid")
+    p = argparse.ArgumentParser(
+        prog="exolegs",
+        description=DESCRIPTION,
+        epilog="`exolegs COMMAND --help` explains each command.\n\nexample:\n  exolegs check",
+        formatter_class=_Formatter,
+    )
+    p.add_argument("--version", action="version", version=f"exolegs {_version()}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    web = _command(
+        sub,
+        "web",
+        "serve the callback endpoint under gunicorn, on $PORT with $WEB_CONCURRENCY workers",
+        "PORT=8000 exolegs web",
+        cmd_web,
+    )
+    web.add_argument(
+        "--host", default="0.0.0.0", help="address to listen on; 127.0.0.1 for this machine only"
+    )
+
+    w = _command(
+        sub,
+        "worker",
+        "run the Celery worker that fetches legs and delivers records, on the exolegs queue",
+        "exolegs worker --concurrency 4",
+        cmd_worker,
+    )
+    w.add_argument(
+        "--concurrency",
+        type=int,
+        metavar="N",
+        help="worker processes or threads (default: WORKER_CONCURRENCY, else one per core)",
+    )
+    w.add_argument(
+        "--pool",
+        choices=["prefork", "threads", "solo"],
+        help="Celery execution pool (default: prefork)",
+    )
+
+    d = _command(
+        sub,
+        "dev",
+        "run web, worker, a Redis and (without Exotel credentials) the Exotel simulator here",
+        "exolegs dev --simulate",
+        cmd_dev,
+    )
+    d.add_argument(
+        "--simulate",
+        action="store_true",
+        help="use the Exotel simulator even when Exotel credentials are configured",
+    )
+    d.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address the web process listens on; 0.0.0.0 to accept other machines",
+    )
+
+    f = _command(
+        sub,
+        "fetch",
+        "fetch one call's legs from Exotel now and print its record (delivers nothing)",
+        "exolegs fetch 8f9a1c0e2b7d4e6f9a1c0e2b7d4e6f9a",
+        cmd_fetch,
+    )
+    f.add_argument("call_sid", metavar="CALL_SID", help="the call's Sid, as in the callback")
     f.add_argument("--account", help=ACCOUNT_HELP + " (default: the first configured)")
-    f.set_defaults(func=cmd_fetch)
-    s = sub.add_parser("simulate", help="a local fake of Exotel's v3 legs API")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8099)
-    s.add_argument("--latency-ms", type=float, default=0.0)
-    s.add_argument("--fail-rate", type=float, default=0.0)
-    s.add_argument("--fail-code", type=int, default=10715)
-    s.add_argument("--rate-limit", help="e.g. 200/minute: answer 429/10724 beyond it (per account)")
+
+    s = _command(
+        sub,
+        "simulate",
+        "serve a local fake of Exotel's v3 Call Legs API",
+        "exolegs simulate --port 8099 --fail-rate 0.1",
+        cmd_simulate,
+    )
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    s.add_argument("--port", type=int, default=8099, help="TCP port to listen on")
+    s.add_argument(
+        "--latency-ms", type=float, default=0.0, metavar="MS", help="delay added to each answer"
+    )
+    s.add_argument(
+        "--fail-rate",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="share of requests (0 to 1) answered with an error",
+    )
+    s.add_argument(
+        "--fail-code",
+        type=int,
+        default=10715,
+        metavar="CODE",
+        help="Exotel error code of those errors",
+    )
+    s.add_argument(
+        "--rate-limit",
+        metavar="N/PERIOD",
+        help="answer 429/10724 beyond this rate, per account, e.g. 200/minute (default: no limit)",
+    )
     s.add_argument(
         "--account",
         action="append",
         metavar="SID:KEY:TOKEN",
         help="serve one more account with its own credentials, e.g. acme_north:k1:t1",
     )
-    s.set_defaults(func=cmd_simulate)
-    c = sub.add_parser(
+
+    c = _command(
+        sub,
         "check",
-        help="print the effective configuration, secrets masked, and check Redis is safe",
-        description="Exit 1 on a problem, e.g. a Redis maxmemory-policy other than noeviction. "
-        "Example: exolegs check",
+        "print the effective configuration, secrets masked, and check Redis is safe; "
+        "exit 1 on a problem, e.g. a Redis maxmemory-policy other than noeviction",
+        "exolegs check",
+        cmd_check,
     )
     c.add_argument(
         "--ack-wipe",
         action="store_true",
         help="clear the notice that Redis was wiped, once you have checked the sinks",
     )
-    c.set_defaults(func=cmd_check)
-    dead = sub.add_parser("dead", help="dead letters").add_subparsers(dest="dead", required=True)
-    dl = dead.add_parser("list")
-    dl.add_argument("--json", action="store_true")
+
+    dead = sub.add_parser(
+        "dead",
+        help="list, show, replay or purge dead letters (work that ran out of retries)",
+        description="Dead letters: work that ran out of retries or can never succeed.",
+        epilog="example:\n  exolegs dead list",
+        formatter_class=_Formatter,
+    ).add_subparsers(dest="dead", required=True, metavar="ACTION")
+    dl = _command(
+        dead, "list", "list dead letters, oldest first", "exolegs dead list", cmd_dead_list
+    )
+    dl.add_argument("--json", action="store_true", help="print JSON instead of a table")
     dl.add_argument("--account", help=ACCOUNT_HELP)
-    dl.set_defaults(func=cmd_dead_list)
-    ds = dead.add_parser("show")
-    ds.add_argument("call_sid")
+    ds = _command(
+        dead,
+        "show",
+        "print one call's dead letters in full, as JSON",
+        "exolegs dead show 8f9a1c0e2b7d4e6f9a1c0e2b7d4e6f9a",
+        cmd_dead_show,
+    )
+    ds.add_argument("call_sid", metavar="CALL_SID", help="the call whose dead letters to show")
     ds.add_argument("--account", help=ACCOUNT_HELP)
-    ds.set_defaults(func=cmd_dead_show)
-    dr = dead.add_parser("replay")
-    dr.add_argument("call_sid", nargs="?")
-    dr.add_argument("--all", action="store_true")
-    dr.add_argument("--force", action="store_true", help="deliver even where the ledger has it")
+    dr = _command(
+        dead,
+        "replay",
+        "queue dead letters again, now, with a fresh attempt count",
+        "exolegs dead replay --all",
+        cmd_dead_replay,
+    )
+    dr.add_argument("call_sid", nargs="?", metavar="CALL_SID", help="replay this call's letters")
+    dr.add_argument("--all", action="store_true", help="replay every dead letter")
+    dr.add_argument(
+        "--force",
+        action="store_true",
+        help="deliver again even to sinks whose ledger says they already have the call",
+    )
     dr.add_argument("--account", help=ACCOUNT_HELP)
-    dr.set_defaults(func=cmd_dead_replay)
-    dp = dead.add_parser("purge")
-    dp.add_argument("--older-than", type=_duration, required=True, help="e.g. 30d")
+    dp = _command(
+        dead,
+        "purge",
+        "delete dead letters older than a duration",
+        "exolegs dead purge --older-than 30d",
+        cmd_dead_purge,
+    )
+    dp.add_argument(
+        "--older-than",
+        type=_duration,
+        required=True,
+        metavar="DURATION",
+        help="age such as 30d, 12h, 90m or 3600 (seconds)",
+    )
     dp.add_argument("--account", help=ACCOUNT_HELP)
-    dp.set_defaults(func=cmd_dead_purge)
+
     from worker.cli.backfill import add_parser as add_backfill
 
     add_backfill(sub)
-    sinks = sub.add_parser("sinks", help="sinks").add_subparsers(dest="sinks", required=True)
-    sinks.add_parser("list").set_defaults(func=cmd_sinks_list)
-    sinks.add_parser("check").set_defaults(func=cmd_sinks_check)
+
+    sinks = sub.add_parser(
+        "sinks",
+        help="list the installed sinks or check the configured ones",
+        description="The sinks records are delivered to (SINKS).",
+        epilog="example:\n  exolegs sinks check",
+        formatter_class=_Formatter,
+    ).add_subparsers(dest="sinks", required=True, metavar="ACTION")
+    _command(
+        sinks,
+        "list",
+        "list every installed sink and the URL it takes",
+        "exolegs sinks list",
+        cmd_sinks_list,
+    )
+    _command(
+        sinks,
+        "check",
+        "build each sink in SINKS and check it can deliver; exit 1 if one cannot",
+        "exolegs sinks check",
+        cmd_sinks_check,
+    )
     return p
+
+
+def _borrow_dev_settings() -> None:
+    """For a one-shot command, take what is unset from a running ``exolegs dev`` here."""
+    from worker.cli.devenv import DEV_ENV, apply_dev_env, describe
+
+    taken = apply_dev_env()
+    if taken:
+        print(
+            f"exolegs: using the dev instance running here ({DEV_ENV}: {describe(taken)})",
+            file=sys.stderr,
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
+        if args.command in ONE_SHOTS:
+            _borrow_dev_settings()
         code: int = args.func(args)
         return code
     except SettingsError as err:

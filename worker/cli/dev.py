@@ -1,10 +1,13 @@
-"""``exolegs dev``: the whole service on one machine, with whatever Redis it can find.
+"""``exolegs dev``: the whole service on one machine.
 
-Redis: ``REDIS_URL`` when it answers; else ``redis-server`` from PATH with its
-data under ``./var/redis``; else an embedded, in-process Redis-compatible
-server (fakeredis), announced as non-durable. Without Exotel credentials (or
-with ``--simulate``) the Exotel simulator runs too and the worker uses it.
-Web and worker run as the same two commands production uses.
+Redis: ``REDIS_URL`` only when the user set it (environment or ``.env``);
+else a ``redis-server`` of its own from PATH with its data under
+``./var/redis``; else an embedded, in-process Redis-compatible server
+(fakeredis, the ``embedded`` extra), announced as non-durable. Without Exotel
+credentials (or with ``--simulate``) the Exotel simulator runs too and the
+worker uses it. Web and worker run as the same two commands production uses;
+web listens on 127.0.0.1 unless told otherwise. What it chose is written to
+``var/dev.env`` for a second terminal (see :mod:`worker.cli.devenv`).
 """
 
 from __future__ import annotations
@@ -18,12 +21,15 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import redis
 
+from worker.cli.devenv import DEV_ENV, dev_values, explicit_env, write_dev_env, write_private
 from worker.errors import SettingsError
+from worker.redact import mask_url, scrub
 from worker.settings import Settings
 
 VAR = Path("var")
@@ -35,7 +41,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _reachable(url: str) -> bool:
+def _reachable(url: Settings | str) -> bool:
     try:
         from worker.runtime import connect
 
@@ -44,10 +50,24 @@ def _reachable(url: str) -> bool:
         return False
 
 
-def find_redis(settings: Settings) -> tuple[str, str, Any]:
-    """(url, description, handle to stop) for the first Redis that works."""
-    if _reachable(settings.redis_url):
-        return settings.redis_url, "Redis at REDIS_URL", None
+def find_redis(explicit: Mapping[str, str], settings: Settings) -> tuple[str, str, Any]:
+    """(url, what it is in plain words, handle to stop) for the Redis this dev instance uses.
+
+    ``REDIS_URL`` (or ``REDIS_TLS_URL``) only when the user set it, in the
+    environment or ``.env``; then it must answer. Otherwise a redis-server of
+    its own with its data under ./var/redis, else the embedded one. Never the
+    default localhost:6379, which may be somebody else's.
+    """
+    for name in ("REDIS_TLS_URL", "REDIS_URL"):
+        if name in explicit:
+            where = "the environment" if os.environ.get(name, "").strip() else ".env"
+            if not _reachable(settings):
+                raise SettingsError(
+                    name,
+                    f"is set in {where} but nothing answers at {mask_url(settings.redis_url)}: "
+                    f"start that Redis, or unset {name} and exolegs dev starts its own",
+                )
+            return settings.redis_url, f"{name} from {where}", None
     port = _free_port()
     url = f"redis://127.0.0.1:{port}/0"
     binary = shutil.which("redis-server")
@@ -72,10 +92,11 @@ def find_redis(settings: Settings) -> tuple[str, str, Any]:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C must not stop Redis before the worker is done
         )
         for _ in range(100):
             if _reachable(url):
-                return url, f"redis-server (data in {data}/)", proc
+                return url, f"its own redis-server, data kept in {data}/", proc
             time.sleep(0.05)
         proc.kill()
     try:
@@ -89,7 +110,12 @@ def find_redis(settings: Settings) -> tuple[str, str, Any]:
         ) from None
     server = TcpFakeServer(("127.0.0.1", port), server_type="redis")
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    return url, "EMBEDDED in-process Redis (NOT durable: queued work is lost on exit)", server
+    why = "no redis-server on PATH" if not binary else "redis-server did not start"
+    return (
+        url,
+        f"embedded in this process ({why}); NOT durable: queued work is lost when dev stops",
+        server,
+    )
 
 
 def dev_token() -> str:
@@ -97,51 +123,80 @@ def dev_token() -> str:
     path = VAR / "dev-callback-token"
     if path.is_file():
         return path.read_text().strip()
-    VAR.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(24)
-    path.write_text(token + "\n")
-    path.chmod(0o600)
+    write_private(path, token + "\n")
     return token
 
 
-def run_dev(*, simulate: bool = False) -> int:
+def _stored_callbacks(redis_url: str) -> Callable[[str], Mapping[str, Any] | None]:
+    """The simulator's view of the callbacks the edge stored, so its legs match them."""
+    from worker.calls.intake import terminal_callback
+    from worker.runtime import connect
+
+    client = connect(redis_url)
+
+    def lookup(call_sid: str) -> Mapping[str, Any] | None:
+        fields, _status, _direction = terminal_callback(client, call_sid)
+        return fields or None
+
+    return lookup
+
+
+def _banner_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
+def run_dev(*, simulate: bool = False, host: str = "127.0.0.1") -> int:
+    explicit = explicit_env()
     settings = Settings.from_env()
     env = dict(os.environ)
-    url, redis_desc, redis_handle = find_redis(settings)
-    env["REDIS_URL"] = url
+    chosen: dict[str, str] = {}  # what this instance sets; var/dev.env tells a second terminal
+    url, redis_desc, redis_handle = find_redis(explicit, settings)
     env.pop("REDIS_TLS_URL", None)
+    env["REDIS_URL"] = url
+    if redis_handle is not None:
+        chosen["REDIS_URL"] = url
     if not settings.callback_tokens:
-        env["CALLBACK_TOKEN"] = dev_token()
-    token = env["CALLBACK_TOKEN"].split(",")[0].strip()
-    env.setdefault("FETCH_DELAY_SECONDS", "2")
-    env.setdefault("SPOOL_DIR", str(VAR / "spool"))
+        chosen["CALLBACK_TOKEN"] = dev_token()
+    for name, value in (("FETCH_DELAY_SECONDS", "2"), ("SPOOL_DIR", str(VAR / "spool"))):
+        if name not in explicit:
+            chosen[name] = value
     sim = None
     if simulate or not settings.exotel_configured:
         from worker.calls.simulator import SimulatorConfig, start_in_thread
 
-        config = SimulatorConfig()
+        config = SimulatorConfig(callbacks=_stored_callbacks(url))
         sim, sim_url = start_in_thread(config)
-        env.update(
+        chosen.update(
             EXOTEL_BASE_URL=sim_url,
             EXOTEL_ACCOUNT_SID=config.account_sid,
             EXOTEL_API_KEY=config.api_key,
             EXOTEL_API_TOKEN=config.api_token,
         )
         why = "--simulate" if simulate else "no Exotel credentials configured"
-        print(f"exolegs dev: Exotel SIMULATOR at {sim_url} ({why})")
-    print(f"exolegs dev: Redis: {redis_desc} at {url}")
-    Settings.from_env(env, dotenv=False)  # one clear line now, not two tracebacks later
+        exotel_desc = f"the simulator at {sim_url} ({why})"
+    else:
+        exotel_desc = f"{settings.exotel_url}, account {settings.exotel_account_sid}"
+    if "PORT" not in explicit:
+        chosen["PORT"] = str(settings.port)
+    env.update(chosen)
+    final = Settings.from_env(explicit_env(env))  # one clear line now, not tracebacks later
     exe = [sys.executable, "-m", "worker.cli"]
+    # Each child in its own session: Ctrl-C reaches only this process, which then
+    # stops each child once (a terminal's SIGINT to the whole group would make the
+    # worker shut down twice, and Redis stop under it).
     procs = [
-        subprocess.Popen([*exe, "worker", "--concurrency", "2"], env=env),
-        subprocess.Popen([*exe, "web"], env=env),
+        subprocess.Popen([*exe, "worker", "--concurrency", "2"], env=env, start_new_session=True),
+        subprocess.Popen([*exe, "web", "--host", host], env=env, start_new_session=True),
     ]
-    port = env.get("PORT", str(settings.port))
-    callback = f"http://localhost:{port}/exotel/callback/{token}"
-    sinks = env.get("SINKS", "jsonl://./var/calls.jsonl")
-    print(
-        f"""
-exolegs dev: serving on http://localhost:{port}  (sinks: {sinks})
+    write_dev_env(chosen, pid=os.getpid())
+    token = final.callback_tokens[0]
+    callback = f"http://{_banner_host(host)}:{final.port}/exotel/callback/{token}"
+    sinks = ", ".join(mask_url(s) for s in final.sinks)
+    banner = f"""
+exolegs dev: Exotel: {exotel_desc}
+exolegs dev: Redis: {redis_desc} ({mask_url(url)})
+exolegs dev: serving on http://{_banner_host(host)}:{final.port}  (sinks: {sinks})
 
   Callback URL (paste into Exotel as StatusCallback / Passthru / status_callback):
     {callback}
@@ -151,11 +206,13 @@ exolegs dev: serving on http://localhost:{port}  (sinks: {sinks})
       -d CallSid=demo$(date +%s) -d Status=completed -d EventType=terminal \\
       -d Direction=outbound-api -d From=09876543210 -d To=09123456789
 
-  Records appear in ./var/calls.jsonl after FETCH_DELAY_SECONDS={env["FETCH_DELAY_SECONDS"]}s.
+  Records reach the sinks FETCH_DELAY_SECONDS={final.fetch_delay_seconds:g}s after the callback.
+  Second terminal: .venv/bin/exolegs check | dead list | fetch CALL_SID | sinks check,
+  run in this directory, reach this instance with no exports (they read var/dev.env).
   Ctrl-C stops everything.
-""",
-        flush=True,
-    )
+"""
+    hidden = [s for s in final.secrets() if s not in final.callback_tokens]
+    print(scrub(banner, hidden), flush=True)
     stopping = False
 
     def stop(*_: Any) -> None:
@@ -174,6 +231,8 @@ exolegs dev: serving on http://localhost:{port}  (sinks: {sinks})
                     stopping = True
             time.sleep(0.3)
     finally:
+        if dev_values()[0] == os.getpid():
+            DEV_ENV.unlink(missing_ok=True)
         for proc in procs:
             if proc.poll() is None:
                 proc.terminate()
@@ -186,6 +245,7 @@ exolegs dev: serving on http://localhost:{port}  (sinks: {sinks})
             sim.shutdown()
         if isinstance(redis_handle, subprocess.Popen):
             redis_handle.terminate()
+            redis_handle.wait(10)
         elif redis_handle is not None:
             redis_handle.shutdown()
     return code

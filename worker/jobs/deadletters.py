@@ -11,7 +11,7 @@ letter is replayed or purged, its state gets ``RETENTION_HOURS`` again.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
@@ -244,9 +244,23 @@ class DeadLetters:
             pipe.delete(dead_key(job_id))
         return sum(int(r) for r in pipe.execute()[0::2])
 
-    def purge(self, older_than_seconds: float, account: str | None = None) -> int:
-        """Drop dead letters older than that (only one account's with ``account``)."""
+    def purge(
+        self,
+        older_than_seconds: float,
+        account: str | None = None,
+        *,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Drop dead letters older than that (only one account's with ``account``).
+
+        ``on_progress(n)`` is called as letters go, for a progress display.
+        """
         ids = self.book.older_than(DEAD, older_than_seconds)
         if account is not None:
             ids = [i for i in ids if JobId.parse(i).account == account]
-        return sum(self._drop(job_id) for job_id in ids)
+        removed = 0
+        for job_id in ids:
+            removed += self._drop(job_id)
+            if on_progress is not None:
+                on_progress(1)
+        return removed
