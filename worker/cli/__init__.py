@@ -534,9 +534,15 @@ def parser() -> argparse.ArgumentParser:
 
 def _borrow_dev_settings() -> None:
     """For a one-shot command, take what is unset from a running ``exolegs dev`` here."""
-    from worker.cli.devenv import DEV_ENV, apply_dev_env, describe
+    from worker.cli.devenv import DEV_ENV, apply_dev_env, describe, explicit_env
 
     taken = apply_dev_env()
+    if not ({"REDIS_URL", "REDIS_TLS_URL"} & (set(taken) | set(explicit_env()))):
+        default = Settings().redis_url
+        print(
+            f"exolegs: REDIS_URL is not set and no exolegs dev runs here: using {default}",
+            file=sys.stderr,
+        )
     if taken:
         print(
             f"exolegs: using the dev instance running here ({DEV_ENV}: {describe(taken)})",

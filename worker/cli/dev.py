@@ -146,6 +146,32 @@ def _banner_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
 
 
+def banner(settings: Settings, *, exotel: str, redis: str, host: str) -> str:
+    """What dev prints once everything is started: every secret masked but the callback token."""
+    shown = _banner_host(host)
+    callback = f"http://{shown}:{settings.port}/exotel/callback/{settings.callback_tokens[0]}"
+    sinks = ", ".join(mask_url(s) for s in settings.sinks)
+    delay, cli = settings.fetch_delay_seconds, ".venv/bin/exolegs"
+    text = f"""
+exolegs dev: Exotel: {exotel}
+exolegs dev: Redis: {redis}
+exolegs dev: serving on http://{shown}:{settings.port}  (sinks: {sinks})
+
+  Callback URL (paste into Exotel as StatusCallback / Passthru / status_callback):
+    {callback}
+
+  Send a sample callback (its From and To become the record's numbers):
+    curl -s -X POST '{callback}' \\
+      -d CallSid=demo$(date +%s) -d Status=completed -d EventType=terminal \\
+      -d Direction=outbound-api -d From=09876543210 -d To=09123456789
+
+  Records reach the sinks {delay:g}s after the callback (FETCH_DELAY_SECONDS).
+  In a second terminal here, {cli} check, dead list, fetch and sinks check reach this instance.
+  Ctrl-C stops everything.
+"""
+    return scrub(text, [s for s in settings.secrets() if s not in settings.callback_tokens])
+
+
 def run_dev(*, simulate: bool = False, host: str = "127.0.0.1") -> int:
     explicit = explicit_env()
     settings = Settings.from_env()
@@ -190,29 +216,7 @@ def run_dev(*, simulate: bool = False, host: str = "127.0.0.1") -> int:
         subprocess.Popen([*exe, "web", "--host", host], env=env, start_new_session=True),
     ]
     write_dev_env(chosen, pid=os.getpid())
-    token = final.callback_tokens[0]
-    callback = f"http://{_banner_host(host)}:{final.port}/exotel/callback/{token}"
-    sinks = ", ".join(mask_url(s) for s in final.sinks)
-    banner = f"""
-exolegs dev: Exotel: {exotel_desc}
-exolegs dev: Redis: {redis_desc} ({mask_url(url)})
-exolegs dev: serving on http://{_banner_host(host)}:{final.port}  (sinks: {sinks})
-
-  Callback URL (paste into Exotel as StatusCallback / Passthru / status_callback):
-    {callback}
-
-  Send a sample callback:
-    curl -s -X POST '{callback}' \\
-      -d CallSid=demo$(date +%s) -d Status=completed -d EventType=terminal \\
-      -d Direction=outbound-api -d From=09876543210 -d To=09123456789
-
-  Records reach the sinks FETCH_DELAY_SECONDS={final.fetch_delay_seconds:g}s after the callback.
-  Second terminal: .venv/bin/exolegs check | dead list | fetch CALL_SID | sinks check,
-  run in this directory, reach this instance with no exports (they read var/dev.env).
-  Ctrl-C stops everything.
-"""
-    hidden = [s for s in final.secrets() if s not in final.callback_tokens]
-    print(scrub(banner, hidden), flush=True)
+    print(banner(final, exotel=exotel_desc, redis=f"{redis_desc} ({mask_url(url)})", host=host))
     stopping = False
 
     def stop(*_: Any) -> None:

@@ -403,3 +403,73 @@ def test_several_accounts_each_with_its_own_credentials_mode_and_limit() -> None
         assert refused.status_code == 400
     finally:
         server.shutdown()
+
+
+# ------------------------------------------------------ legs from the callback
+DEMO = {
+    "CallSid": "demo1700000000",
+    "Status": "completed",
+    "Direction": "outbound-api",
+    "From": "09876543210",
+    "To": "09123456789",
+}
+
+
+def test_outbound_callback_numbers_become_the_legs() -> None:
+    details = legs_for("demo1700000000", "acme", DEMO)
+    check_legs(details, "demo1700000000", "acme")
+    [agent], [customer] = details["from"], details["to"]
+    assert (agent["contact_uri"], agent["status"]) == ("09876543210", "completed")
+    assert (customer["contact_uri"], customer["status"]) == ("09123456789", "completed")
+
+
+@pytest.mark.parametrize("status", ["busy", "no-answer", "failed", "canceled"])
+def test_an_unanswered_callback_gives_unanswered_legs(status: str) -> None:
+    for n in range(20):
+        details = legs_for(f"demo{n}", "acme", {**DEMO, "Status": status})
+        [agent] = details["from"]
+        assert agent["contact_uri"] == "09876543210" and agent["status"] != "completed"
+
+
+def test_inbound_callback_caller_is_the_customer_and_the_dialled_agent_answers() -> None:
+    callback = {
+        "Direction": "incoming",
+        "From": "09812345678",
+        "To": "08047112233",
+        "DialWhomNumber": "09700000001",
+        "Status": "completed",
+    }
+    for n in range(20):
+        details = legs_for(f"in{n}", "acme", callback)
+        check_legs(details, f"in{n}", "acme")
+        [customer] = details["from"]
+        assert customer["contact_uri"] == "09812345678"
+        answered = [leg for leg in details["to"] if leg["status"] == "completed"]
+        assert [leg["contact_uri"] for leg in answered] == ["09700000001"]
+
+
+def test_without_a_callback_the_legs_are_as_before() -> None:
+    assert (
+        legs_for("CAsame", "acme")
+        == legs_for("CAsame", "acme", None)
+        == legs_for("CAsame", "acme", {})
+    )
+
+
+def test_the_simulator_looks_up_the_callback_and_survives_a_failing_lookup() -> None:
+    def lookup(call_sid: str) -> dict[str, str] | None:
+        if call_sid == "broken":
+            raise ConnectionError("redis is gone")
+        return DEMO if call_sid == "demo1700000000" else None
+
+    config = SimulatorConfig(callbacks=lookup)
+    server, url = start_in_thread(config)
+    c = client_for(url, config)
+    try:
+        legs = c.fetch_legs("demo1700000000")["response"]["leg_details"]
+        assert legs["from"][0]["contact_uri"] == "09876543210"
+        assert legs["to"][0]["contact_uri"] == "09123456789"
+        check_legs(c.fetch_legs("broken")["response"]["leg_details"], "broken", config.account_sid)
+    finally:
+        c.close()
+        server.shutdown()
