@@ -77,13 +77,13 @@ def test_dead_letters_of_one_account_are_listed_replayed_and_purged_alone(
     assert [d.account for d in dead] == ["default"]
 
 
-def test_purge_in_batches_reports_each(redis_client: redis.Redis) -> None:
+def test_purge_reports_progress(redis_client: redis.Redis) -> None:
     dead = DeadLetters(redis_client, JobBook(redis_client))
     for n in range(7):
         dead.add(JobId("fetch", f"old{n}"), reason="r", error="e")
         redis_client.zadd("exolegs:dead", {f"fetch:old{n}": time.time() - 40 * 86400})
     dead.add(JobId("fetch", "new"), reason="r", error="e")
-    batches: list[int] = []
-    assert dead.purge(30 * 86400, batch=3, on_batch=batches.append) == 7
-    assert batches == [3, 3, 1]
+    progress: list[int] = []
+    assert dead.purge(30 * 86400, on_progress=progress.append) == 7
+    assert sum(progress) == 7
     assert [d.call_sid for d in dead] == ["new"]
