@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import tomllib
 from collections.abc import Iterator
@@ -65,15 +66,18 @@ def test_help_ends_with_an_example_that_parses(
     path: tuple[str, ...], command: argparse.ArgumentParser
 ) -> None:
     text = command.format_help().rstrip()
-    head, _, example = text.rpartition("\nexample:\n")
+    head, _, examples = (
+        re.split(r"\n(examples?:)\n", text)[-3:] if "\nexample" in text else ("", "", "")
+    )
     assert head, f"exolegs {' '.join(path)} --help does not end with an example"
-    argv = shlex.split(example.strip())
-    env = [a for a in argv if "=" in a and a.split("=")[0].isupper()]
-    argv = argv[len(env) :]
-    assert argv[0] == "exolegs" and len(example.strip().splitlines()) == 1
-    args = parser().parse_args(argv[1:])
-    assert tuple(argv[1 : 1 + len(path)]) == path
-    assert callable(args.func)
+    for example in examples.strip().splitlines():
+        argv = shlex.split(example.strip())
+        while re.fullmatch(r"[A-Z_]+=\S*", argv[0]):  # PORT=8000 exolegs web
+            argv.pop(0)
+        assert argv[0] == "exolegs", example
+        args = parser().parse_args(argv[1:])
+        assert tuple(argv[1 : 1 + len(path)]) == path
+        assert callable(args.func)
 
 
 def test_version_is_the_project_version(capsys: pytest.CaptureFixture[str]) -> None:
