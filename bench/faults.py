@@ -34,8 +34,10 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import itertools
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -183,6 +185,9 @@ class Receiver:
         self.longest_retry_after = 0
         self.hang_until = 0.0  # until then, hold every request and never answer in time
         self.hung = 0
+        self.delay = 0.0  # a slow but healthy CRM: every 200 takes this long
+        self.permanent: set[str] = set()  # while down, these calls get 422 (dead letters)
+        self.records: dict[str, dict[str, Any]] = {}  # the last record received per call
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -203,6 +208,11 @@ class Receiver:
                     return
                 if now < receiver.down_until:
                     call_sid = json.loads(body)["data"]["call_sid"]
+                    if call_sid in receiver.permanent:
+                        with receiver.lock:
+                            receiver.refused += 1
+                        self._answer(422, b'{"error":"validation failed"}')
+                        return
                     wait = None
                     if call_sid in receiver.retry_after:
                         wait = int(receiver.down_until - now) + 30
@@ -217,9 +227,13 @@ class Receiver:
                         receiver.bad_signatures += 1
                     self._answer(401, b'{"error":"bad signature"}')
                     return
-                call_sid = json.loads(body)["data"]["call_sid"]
+                if receiver.delay:
+                    time.sleep(receiver.delay)
+                data = json.loads(body)["data"]
+                call_sid = data["call_sid"]
                 with receiver.lock:
                     receiver.ok.append((now, call_sid, headers.get("webhook-id", "")))
+                    receiver.records[call_sid] = data
                 self._answer(200, b'{"ok":true}')
 
             def _answer(self, status: int, body: bytes, retry_after: int | None = None) -> None:
@@ -1380,6 +1394,328 @@ def noisy_neighbour(calls: int, quick: bool, keep: bool) -> Result:
     return result
 
 
+# ------------------------------------------------- durable promises (issue 8)
+def _cli(
+    run: Run, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run one ``exolegs`` command against the scenario's Redis, as an operator would."""
+    return subprocess.run(
+        [sys.executable, "-m", "worker.cli", *args],
+        env={**os.environ, **run.env, **(env or {})},
+        cwd=run.dir,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _unique_webhook_ids(run: Run, result: Result) -> None:
+    """Each call's webhook carried one webhook-id, and the receiver saw each id once."""
+    assert run.receiver is not None
+    ids = Counter(mid for _, _, mid in run.receiver.ok)
+    repeated = [mid for mid, n in ids.items() if n > 1]
+    if repeated:
+        result.failures.append(f"{len(repeated)} webhook-id(s) received twice: {repeated[:3]}")
+
+
+def slow_sink(calls: int, quick: bool, keep: bool) -> Result:
+    """A healthy webhook that answers 200 after 4 s, beside the JSONL sinks (lease 10 s).
+
+    Each webhook-id must reach it once, and the JSONL sinks must not wait for
+    it: every call in both of them within 60 s.
+    """
+    run = Run("slow-sink", calls, keep=keep, webhook=True)
+    result = Result("slow-sink")
+    assert run.receiver is not None
+    run.receiver.delay = 4.0
+    try:
+        run.start_web()
+        run.start_worker()
+        run.start_worker()
+        run.post(run.sids)
+        jsonl = run.wait_drained(120, sinks=["jsonl", "b"])
+        log(f"JSONL sinks drained in {jsonl or 0:.1f}s beside a 4 s webhook")
+        if jsonl is None or jsonl > 60:
+            result.failures.append(
+                f"the JSONL sinks waited for the slow webhook: "
+                f"{'not drained in 120' if jsonl is None else round(jsonl, 1)}s (limit 60s)"
+            )
+        else:
+            result.notes.append(f"jsonl drained in {jsonl:.1f}s")
+        run.finish(result, 60 + calls * 4.0)
+        _unique_webhook_ids(run, result)
+        return result
+    finally:
+        run.close()
+
+
+RETENTION_HOURS = 0.01  # 36 s, so an outage can outlast it in a minute
+
+
+def past_retention(calls: int, quick: bool, keep: bool) -> Result:
+    """A CRM down for longer than RETENTION_HOURS (36 s here), then `exolegs dead replay --all`.
+
+    Half its refusals are permanent (422: dead letters, replayed after the
+    window), half are 503 (the sink's circuit opens and they park, probing
+    every 5 s). The JSONL sinks must never repeat a call, the webhook must get
+    each once, and every record must keep the callback's status and fields.
+    """
+    outage = 60.0
+    run = Run(
+        "past-retention",
+        calls,
+        keep=keep,
+        webhook=True,
+        env={
+            "RETENTION_HOURS": f"{RETENTION_HOURS:g}",
+            "RECONCILE": "off",  # its lookback may not reach past the retention
+            "RETRY_MAX_ATTEMPTS": "1000",
+            "CIRCUIT_PROBE_SECONDS": "5",
+        },
+    )
+    result = Result("past-retention")
+    receiver = run.receiver
+    assert receiver is not None
+    receiver.permanent = set(run.sids[1::2])
+    try:
+        run.start_web()
+        run.start_worker()
+        run.start_worker()
+        receiver.down_until = time.time() + outage
+        # The 422s first, so all of them are dead letters before the 503s open the circuit.
+        run.post(sorted(receiver.permanent))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and run.dead_letters() < len(receiver.permanent):
+            time.sleep(0.2)
+        run.post(sorted(set(run.sids) - receiver.permanent))
+        time.sleep(max(0.0, receiver.down_until - time.time()))
+        dead = run.dead_letters()
+        log(f"webhook back after {outage:.0f}s; {dead} dead letter(s)")
+        result.notes.append(f"outage {outage:.0f}s > retention {RETENTION_HOURS * 3600:.0f}s")
+        parked = set(run.sids) - receiver.permanent
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not parked <= set(receiver.counts()):
+            time.sleep(0.5)
+        dead_sids = [j.decode().split(":")[1] for j in run.redis.zrange("exolegs:dead", 0, 4)]
+        held = [int(run.redis.ttl(f"exolegs:ledger:{sid}")) for sid in dead_sids]
+        if any(t != -1 for t in held):
+            result.failures.append(f"ledgers of dead-lettered calls expire: TTLs {held}")
+        time.sleep(max(0.0, run.t0 + 2 * RETENTION_HOURS * 3600 - time.time()))
+        replay = _cli(run, "dead", "replay", "--all")
+        log(f"exolegs dead replay --all: {replay.stdout.strip()} (exit {replay.returncode})")
+        result.notes.append(f"replayed {dead} dead letter(s)")
+        if replay.returncode != 0 or dead != len(receiver.permanent):
+            result.failures.append(
+                f"{dead} dead letters (expected {len(receiver.permanent)}); replay exited "
+                f"{replay.returncode}: {replay.stdout.strip()} {replay.stderr.strip()[-300:]}"
+            )
+        run.finish(result, 120)
+        lost_fields = [
+            sid
+            for sid, rec in receiver.records.items()
+            if rec.get("status") != "completed" or not rec.get("callback")
+        ]
+        if lost_fields:
+            result.failures.append(
+                f"{len(lost_fields)} record(s) lost their callback fields, e.g. {lost_fields[:3]}"
+            )
+        _unique_webhook_ids(run, result)
+        return result
+    finally:
+        run.close()
+
+
+def _skew(name: str, offset: str, calls: int, keep: bool) -> Result:
+    """One of two workers runs with its clock ``offset`` (libfaketime); retries must still wait."""
+    from libfaketime import get_reload_information
+
+    _, preload = get_reload_information()
+    run = Run(name, calls, keep=keep, sim=SimulatorConfig(latency_ms=20))
+    result = Result(name)
+    throttled, flaky = run.sids[::10], run.sids[5::10]
+    try:
+        for sid in throttled:
+            run.sim_control("script", {"call_sid": sid, "responses": [
+                {"status": 429, "code": 10724, "retry_after": 3}]})  # fmt: skip
+        for sid in flaky:
+            run.sim_control("script", {"call_sid": sid, "responses": [
+                {"status": 500, "code": 10715}, {"status": 500, "code": 10715}]})  # fmt: skip
+        run.start_web()
+        run.start_worker()
+        skewed = run.start_worker(env={**preload, "FAKETIME": offset})
+        run.post(run.sids)
+        run.finish(result, 240)
+        seen = skewed.output()
+        result.notes.append(f"worker2 clock {offset}")
+        if "exolegs.tasks" not in seen:
+            result.failures.append("the skewed worker did no work")
+        early, late = [], []
+        for sid in throttled + flaky:
+            times = sorted(e[0] for e in run.exotel_requests() if e[1] == sid)
+            gaps = [b - a for a, b in itertools.pairwise(times)]
+            if sid in throttled and gaps and gaps[0] < 3.0 - 0.05:
+                early.append((sid, round(gaps[0], 2)))
+            if gaps and max(gaps) > 30:
+                late.append((sid, round(max(gaps), 1)))
+        if early:
+            result.failures.append(f"Retry-After 3s not honoured: {early[:4]}")
+        if late:
+            result.failures.append(f"retries waited the skew: {late[:4]}")
+        expected = calls + len(throttled) + 2 * len(flaky)
+        made = len(run.exotel_requests())
+        if made > expected + 5:
+            result.failures.append(f"{made} Exotel requests, not about {expected}: retries spun")
+        return result
+    finally:
+        run.close()
+
+
+def skew_ahead(calls: int, quick: bool, keep: bool) -> Result:
+    """One of two workers' clock 60 s ahead; every 10th call 429 (Retry-After 3), others 500s."""
+    return _skew("skew-ahead", "+60s", calls, keep)
+
+
+def skew_behind(calls: int, quick: bool, keep: bool) -> Result:
+    """One of two workers' clock 60 s behind; the same 429s and 500s."""
+    return _skew("skew-behind", "-60s", calls, keep)
+
+
+def evicting_redis(calls: int, quick: bool, keep: bool) -> Result:
+    """Redis set to allkeys-lru: refused and reported; fixed; a switch mid-run is reported."""
+    run = Run("evicting-redis", calls, keep=keep)
+    result = Result("evicting-redis")
+    try:
+        run.redis.config_set("maxmemory-policy", "allkeys-lru")
+        check = _cli(run, "check")
+        if check.returncode != 1 or "problem: maxmemory-policy: is allkeys-lru" not in check.stdout:
+            result.failures.append(f"check exited {check.returncode}: {check.stdout[-300:]}")
+        if "heroku redis:maxmemory" not in check.stdout:
+            result.failures.append("exolegs check does not say how to fix it on Heroku")
+        refused = subprocess.run(
+            [sys.executable, "-m", "worker.cli", "worker", "--concurrency", "1"],
+            env={**os.environ, **run.env}, cwd=run.dir, capture_output=True, text=True,
+            timeout=60, check=False,
+        )  # fmt: skip
+        line = refused.stderr.strip().splitlines()[-1:] or [""]
+        if refused.returncode != 2 or not line[0].startswith("exolegs: maxmemory-policy:"):
+            result.failures.append(f"worker on an evicting Redis: {refused.returncode} {line}")
+        run.start_web()
+        status, body = run.readyz()
+        safety = body.get("redis_safety") or {}
+        if body.get("status") != "degraded" or safety.get("maxmemory_policy") != "allkeys-lru":
+            result.failures.append(f"/readyz on an evicting Redis: {status} {body}")
+        result.notes.append("check exit 1, worker refused, readyz degraded")
+        run.redis.config_set("maxmemory-policy", "noeviction")
+        run.start_worker()
+        run.start_worker()
+        run.post(run.sids)
+        run.redis.config_set("maxmemory-policy", "volatile-lru")  # a plan change mid-run
+        shouted = None
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline and shouted is None:
+            for w in run.workers:
+                if "CRITICAL" in w.output() and "maxmemory-policy: is volatile-lru" in w.output():
+                    shouted = w.name
+            time.sleep(0.5)
+        run.redis.config_set("maxmemory-policy", "noeviction")
+        if shouted is None:
+            result.failures.append("no running worker reported the switch to volatile-lru")
+        else:
+            result.notes.append("switch mid-run reported")
+        run.finish(result, 120)
+        run.one_fetch_each(result)
+        return result
+    finally:
+        run.close()
+
+
+POISON = {
+    "0000000001.000000-truncated.json": b'{"CallSid": "half-writ',
+    "0000000002.000000-a-list.json": b'["not", "an", "object"]',
+    "0000000003.000000-no-sid.json": b'{"Status": "completed"}',
+}
+
+
+def spool_poison(calls: int, quick: bool, keep: bool) -> Result:
+    """Redis down: callbacks spooled, 3 unparseable files added, all 10 min old; two drainers."""
+    run = Run("spool-poison", calls, keep=keep, env={"WEB_CONCURRENCY": "2"})
+    result = Result("spool-poison")
+    spool = run.dir / "spool"
+    try:
+        run.start_web()
+        run.start_worker()
+        run.start_worker()
+        run.redis_server.stop()
+        answers = run.post(run.sids)
+        spooled = sum(1 for a in answers if a.get("spooled"))
+        for name, data in POISON.items():
+            (spool / name).write_bytes(data)
+        old = time.time() - 600  # spooled during a long outage
+        for path in spool.glob("*.json"):
+            os.utime(path, (old, old))
+        run.redis_server.start()
+        log(f"{spooled} spooled + {len(POISON)} poisoned; Redis back, two drainers at it")
+        run.finish(result, 120)
+        run.one_fetch_each(result)
+        assert run.web is not None
+        web = run.web.output()
+        bad = sorted(p.name for p in spool.glob("*.bad"))
+        left = [p.name for p in spool.iterdir() if not p.name.endswith(".bad")]
+        moved = sum(int(n) for n in re.findall(r"moved (\d+) spooled callback", web))
+        result.notes.append(f"{spooled} spooled, {len(bad)} set aside, {moved} moved")
+        if spooled != calls:
+            result.failures.append(f"only {spooled}/{calls} callbacks spooled")
+        if bad != sorted(f"{n}.bad" for n in POISON) or left:
+            result.failures.append(f"spool after the drain: bad {bad}, left {left}")
+        named = [n for n in POISON if re.search(rf"ERROR .*{re.escape(n)}", web)]
+        if len(named) != len(POISON):
+            result.failures.append(f"ERROR lines name {len(named)}/{len(POISON)} poisoned files")
+        if moved != calls:
+            result.failures.append(f"{moved} files accepted for {calls} callbacks (twice?)")
+        if "Traceback" in web or not run.web.alive:
+            result.failures.append("a drainer crashed")
+            result.evidence.append(web[web.find("Traceback") :][:600])
+        return result
+    finally:
+        run.close()
+
+
+def deploy_add_sink(calls: int, quick: bool, keep: bool) -> Result:
+    """Rolling deploy adding sink c: old workers (a, b) beside new (a, b, c), replaced mid-batch."""
+    run = Run("deploy-add-sink", calls, keep=keep, sim=SimulatorConfig(latency_ms=20))
+    result = Result("deploy-add-sink")
+    run.jsonl["c"] = run.dir / "calls-c.jsonl"
+    new = {"SINKS": f"{run.env['SINKS']},jsonl://{run.jsonl['c']}?name=c"}
+    try:
+        _slow_answers(run)
+        run.start_web()
+        old = [run.start_worker(), run.start_worker()]
+        run.start_worker(env=new)
+
+        def paced() -> None:  # 10 calls a second, so the deploy happens mid-batch
+            for start in range(0, len(run.sids), 10):
+                run.post(run.sids[start : start + 10])
+                time.sleep(1.0)
+
+        poster = threading.Thread(target=paced, daemon=True)
+        poster.start()
+        for victim in old:
+            time.sleep(len(run.sids) / 30)
+            victim.signal_group(signal.SIGTERM)
+            if not victim.wait(30):
+                victim.kill()
+            run.start_worker(env=new)
+            log(f"replaced {victim.name} at {run.delivered()}/{len(run.sids)} delivered")
+        poster.join()
+        run.finish(result, 180)
+        handed = sum(w.output().count("'deferred'") for w in old)
+        result.notes.append(f"old workers handed back {handed} task(s)")
+        return result
+    finally:
+        run.close()
+
+
 SCENARIOS: dict[str, Callable[[int, bool, bool], Result]] = {
     "baseline": baseline,
     "kill9": kill9,
@@ -1394,6 +1730,13 @@ SCENARIOS: dict[str, Callable[[int, bool, bool], Result]] = {
     "sink-hang": sink_hang,
     "slow-exotel": slow_exotel,
     "noisy-neighbour": noisy_neighbour,
+    "slow-sink": slow_sink,
+    "past-retention": past_retention,
+    "skew-ahead": skew_ahead,
+    "skew-behind": skew_behind,
+    "evicting-redis": evicting_redis,
+    "spool-poison": spool_poison,
+    "deploy-add-sink": deploy_add_sink,
 }
 
 
