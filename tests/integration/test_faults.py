@@ -37,6 +37,7 @@ from tests.support.processes import (
 from tests.support.redis_server import RedisServer, free_port, start_redis
 from worker import keys
 from worker.calls.callbacks import event_from_fields
+from worker.jobs.deadletters import DEAD
 from worker.runtime import Runtime
 from worker.settings import Settings
 
@@ -176,7 +177,7 @@ def test_a_crm_down_longer_than_retention_gets_each_call_once_after_a_replay(
     worker = start_worker(pipeline_env, tmp_path / "w.log")
     try:
         book(pipeline_env, sorted(receiver.permanent))  # 422s: dead letters at once
-        wait_for(lambda: redis_client.zcard(keys.DEAD) == 5, timeout=20)
+        wait_for(lambda: redis_client.zcard(DEAD) == 5, timeout=20)
         book(pipeline_env, sorted(set(sids) - receiver.permanent))  # 503s: the circuit opens
         wait_for(lambda: once_each(jsonl_counts(jsonl_path), sids), timeout=30)
         assert all(redis_client.ttl(keys.ledger(s)) == -1 for s in receiver.permanent)
