@@ -1429,6 +1429,66 @@ def slow_sink(calls: int, quick: bool, keep: bool) -> Result:
     result = Result("slow-sink")
     assert run.receiver is not None
     run.receiver.delay = 4.0
+
+# ------------------------------------------------------ calls without callbacks or legs
+def _place(run: Run, drop: float, seed: int) -> tuple[float, set[str]]:
+    """The simulator places run.sids as just ended and POSTs their callbacks, less ``drop``."""
+    ended = time.time()
+    run.t0 = run.t0 or ended
+    answer = requests.post(
+        f"{run.sim_url}/_sim/calls",
+        json={
+            "sids": run.sids,
+            "callback_url": f"{run.edge}/exotel/callback/{TOKEN}",
+            "drop": drop,
+            "seed": seed,
+        },
+        timeout=300,
+    )
+    answer.raise_for_status()
+    return ended, set(answer.json()["dropped"])
+
+
+def _first_seen(run: Run, stop: threading.Event) -> dict[tuple[str, str], float]:
+    """Poll the sinks once a second: when each (sink, call) first appeared."""
+    seen: dict[tuple[str, str], float] = {}
+
+    def poll() -> None:
+        while not stop.wait(1.0):
+            now = time.time()
+            for sink, counts in run.sink_counts().items():
+                for sid in counts:
+                    seen.setdefault((sink, sid), now)
+
+    threading.Thread(target=poll, daemon=True, name="first-seen").start()
+    return seen
+
+
+def _sources(run: Run) -> dict[str, Counter[str]]:
+    """Per sink: how many records of ours say each (source, legs)."""
+    out: dict[str, Counter[str]] = {}
+    for name, path in run.jsonl.items():
+        counts: Counter[str] = Counter()
+        if path.exists():
+            for line in path.read_text().splitlines():
+                record = json.loads(line) if line.strip() else {}
+                if record.get("call_sid") in run.sid_set:
+                    counts[f"{record.get('source')}/{record.get('legs')}/{record['call_sid']}"] += 1
+        out[name] = counts
+    return out
+
+
+def callbacks_lost(calls: int, quick: bool, keep: bool) -> Result:
+    """The simulator drops 30% of 300 callbacks: the sweeper brings every call within 8 minutes."""
+    every = "60s" if quick else "5m"  # the default tier in the full run
+    run = Run(
+        "callbacks-lost",
+        max(300, calls),
+        keep=keep,
+        env={"RECONCILE_RECENT_EVERY": every, "FETCH_DELAY_SECONDS": "30"},
+    )
+    result = Result("callbacks-lost")
+    stop = threading.Event()
     try:
         run.start_web()
         run.start_worker()
@@ -1711,6 +1771,54 @@ def deploy_add_sink(calls: int, quick: bool, keep: bool) -> Result:
         run.finish(result, 180)
         handed = sum(w.output().count("'deferred'") for w in old)
         result.notes.append(f"old workers handed back {handed} task(s)")
+
+        seen = _first_seen(run, stop)
+        ended, dropped = _place(run, 0.3, seed=30)
+        result.notes.append(f"{len(dropped)} callbacks dropped, RECONCILE_RECENT_EVERY={every}")
+        run.finish(result, 600)
+        stop.set()
+        late = [(sink, sid, t - ended) for (sink, sid), t in seen.items() if sid in run.sid_set]
+        worst = max((d for _, _, d in late), default=0.0)
+        result.notes.append(f"slowest call to a sink {worst / 60:.1f} min after it ended")
+        if worst > 480:
+            slow = sorted(late, key=lambda x: -x[2])[:3]
+            result.failures.append(f"calls reached a sink over 8 minutes after their end: {slow}")
+        for sink, counts in _sources(run).items():
+            wrong = []
+            for key in counts:
+                source, legs, sid = key.split("/", 2)
+                want = "reconcile" if sid in dropped else "callback"
+                if source != want or legs != "fetched":
+                    wrong.append(key)
+            if wrong:
+                result.failures.append(f"sink {sink}: wrong source or legs, e.g. {wrong[:3]}")
+        return result
+    finally:
+        stop.set()
+        run.close()
+
+
+def legs_never_ready(calls: int, quick: bool, keep: bool) -> Result:
+    """Exotel never has the legs (10743 throughout): records from the callback, none dead."""
+    run = Run(
+        "legs-never-ready",
+        calls,
+        keep=keep,
+        sim=SimulatorConfig(legs_ready_after=10**9),
+        env={"RETRY_MAX_ATTEMPTS": "4"},
+    )
+    result = Result("legs-never-ready")
+    try:
+        run.start_web()
+        run.start_worker()
+        _place(run, 0.0, seed=1)
+        run.finish(result, 180)
+        for sink, counts in _sources(run).items():
+            wrong = [k for k in counts if not k.startswith("callback/unavailable/")]
+            if wrong:
+                result.failures.append(f"sink {sink}: not legs: unavailable, e.g. {wrong[:3]}")
+        not_ready = sum(1 for e in run.exotel_requests() if e[2] == 500)
+        result.notes.append(f"{not_ready} answers 500/10743")
         return result
     finally:
         run.close()
@@ -1737,6 +1845,8 @@ SCENARIOS: dict[str, Callable[[int, bool, bool], Result]] = {
     "evicting-redis": evicting_redis,
     "spool-poison": spool_poison,
     "deploy-add-sink": deploy_add_sink,
+    "callbacks-lost": callbacks_lost,
+    "legs-never-ready": legs_never_ready,
 }
 
 
