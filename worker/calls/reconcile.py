@@ -484,3 +484,24 @@ class Sweeper:
                 tick(self._runtime(), stop=self._stop)
             except Exception:
                 log.exception("reconcile tick failed; trying again in %.0fs", self.interval)
+
+
+def listing_requests_per_day(
+    calls_per_day: float, settings: Settings, busy_hours: float = 24
+) -> int:
+    """Bulk Call Details requests the three tiers make in a day (one page: 100 calls).
+
+    Calls are taken as spread evenly over ``busy_hours`` of the day; a run
+    over a window makes max(1, ceil(calls in it / 100)) requests.
+    """
+    import math
+
+    per_second = calls_per_day / (busy_hours * 3600)
+
+    def pages(window_seconds: float) -> int:
+        return max(1, math.ceil(per_second * window_seconds / PAGE_SIZE))
+
+    recent = 86400 / settings.reconcile_recent_every * pages(settings.reconcile_recent_lookback)
+    hourly = 86400 / settings.reconcile_hourly_every * pages(settings.reconcile_hourly_lookback)
+    nightly = max(1, math.ceil(calls_per_day / PAGE_SIZE))
+    return round(recent + hourly + nightly)

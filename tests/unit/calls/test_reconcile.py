@@ -209,3 +209,17 @@ def test_bad_or_too_long_settings_stop_start_up_naming_the_variable(
 def test_the_sweeper_can_be_turned_off_with_a_short_retention() -> None:
     s = Settings.from_env({"RETENTION_HOURS": "2", "RECONCILE": "off"}, dotenv=False)
     assert not s.reconcile
+
+
+def test_listing_cost_per_day_at_the_documented_volumes() -> None:
+    """The numbers docs/reconciliation.md publishes."""
+    s = Settings.from_env({}, dotenv=False)
+    assert [reconcile.listing_requests_per_day(n, s) for n in (1_000, 10_000, 100_000)] == [
+        370,
+        2_044,
+        18_112,
+    ]
+    busy = [
+        reconcile.listing_requests_per_day(n, s, busy_hours=10) for n in (1_000, 10_000, 100_000)
+    ]
+    assert busy == [418, 4_180, 41_800]
