@@ -15,6 +15,7 @@ from typing import TextIO
 
 from worker.calls import backfill
 from worker.calls.reconcile import INDIA, Tally, stamp
+from worker.cli.progress import Progress
 from worker.errors import ExolegsError, SettingsError
 from worker.settings import Settings
 
@@ -25,35 +26,31 @@ EXAMPLES = """examples:
 
 
 class Reporter:
-    """A progress bar on a terminal; plain progress lines otherwise."""
+    """The shared progress line (worker/cli/progress.py) on a terminal; plain lines otherwise."""
 
     def __init__(self, stream: TextIO, tty: bool | None = None) -> None:
         self.stream = stream
         self.tty = stream.isatty() if tty is None else tty
-        self.drawn = False
+        self.bar: Progress | None = None
 
     def page(self, progress: backfill.Progress, start: datetime, end: datetime) -> None:
         t = progress.tally
         # chunk: the piece in hand (mid-piece) or the next one (a piece just finished)
         piece = min(progress.chunk + (1 if progress.page_uri else 0), progress.pieces)
-        done = progress.chunk
-        width = 24
-        filled = int(width * done / max(1, progress.pieces))
         counts = f"listed {t.listed}, known {t.known}, booked {t.booked}"
         where = f"{stamp(start)[:10]}..{stamp(end)[:10]}"
-        if self.tty:
-            bar = "#" * filled + "-" * (width - filled)
-            text = f"[{bar}] piece {piece}/{progress.pieces} {where}  {counts}"
-            self.stream.write(f"\r\x1b[2K{text}")
-            self.drawn = True
-        else:
+        if not self.tty:
             self.stream.write(f"backfill: piece {piece}/{progress.pieces} {where}: {counts}\n")
-        self.stream.flush()
+            self.stream.flush()
+            return
+        if self.bar is None:
+            self.bar = Progress("backfill", total=progress.pieces, stream=self.stream, enabled=True)
+        self.bar.label = f"backfill {where} ({counts}), pieces done"
+        self.bar.advance(progress.chunk - self.bar.done)
 
     def end(self) -> None:
-        if self.tty and self.drawn:
-            self.stream.write("\n")
-            self.stream.flush()
+        if self.bar is not None:
+            self.bar.close()
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

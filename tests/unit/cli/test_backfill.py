@@ -166,3 +166,15 @@ def test_ranges_that_would_deliver_again_are_refused() -> None:
     with pytest.raises(SettingsError, match="before --until"):
         backfill.check_range(now, now - timedelta(days=1), now, 48, False)
     assert stamp(backfill.parse_time("2025-03-02", end=True)) == "2025-03-02 23:59:59"
+
+
+def test_on_a_terminal_the_progress_is_one_redrawn_line() -> None:
+    out = io.StringIO()
+    report = Reporter(out, tty=True)
+    now = datetime.now(INDIA)
+    report.page(backfill.Progress(0, "/v1/next", backfill.Tally(listed=100, booked=3), 3), now, now)
+    report.page(backfill.Progress(1, None, backfill.Tally(listed=150, booked=5), 3), now, now)
+    report.end()
+    text = out.getvalue()
+    assert text.count("\r") == 2 and text.endswith("\n") and text.count("\n") == 1
+    assert "booked 5" in text and "1/3" in text
