@@ -1429,66 +1429,6 @@ def slow_sink(calls: int, quick: bool, keep: bool) -> Result:
     result = Result("slow-sink")
     assert run.receiver is not None
     run.receiver.delay = 4.0
-
-# ------------------------------------------------------ calls without callbacks or legs
-def _place(run: Run, drop: float, seed: int) -> tuple[float, set[str]]:
-    """The simulator places run.sids as just ended and POSTs their callbacks, less ``drop``."""
-    ended = time.time()
-    run.t0 = run.t0 or ended
-    answer = requests.post(
-        f"{run.sim_url}/_sim/calls",
-        json={
-            "sids": run.sids,
-            "callback_url": f"{run.edge}/exotel/callback/{TOKEN}",
-            "drop": drop,
-            "seed": seed,
-        },
-        timeout=300,
-    )
-    answer.raise_for_status()
-    return ended, set(answer.json()["dropped"])
-
-
-def _first_seen(run: Run, stop: threading.Event) -> dict[tuple[str, str], float]:
-    """Poll the sinks once a second: when each (sink, call) first appeared."""
-    seen: dict[tuple[str, str], float] = {}
-
-    def poll() -> None:
-        while not stop.wait(1.0):
-            now = time.time()
-            for sink, counts in run.sink_counts().items():
-                for sid in counts:
-                    seen.setdefault((sink, sid), now)
-
-    threading.Thread(target=poll, daemon=True, name="first-seen").start()
-    return seen
-
-
-def _sources(run: Run) -> dict[str, Counter[str]]:
-    """Per sink: how many records of ours say each (source, legs)."""
-    out: dict[str, Counter[str]] = {}
-    for name, path in run.jsonl.items():
-        counts: Counter[str] = Counter()
-        if path.exists():
-            for line in path.read_text().splitlines():
-                record = json.loads(line) if line.strip() else {}
-                if record.get("call_sid") in run.sid_set:
-                    counts[f"{record.get('source')}/{record.get('legs')}/{record['call_sid']}"] += 1
-        out[name] = counts
-    return out
-
-
-def callbacks_lost(calls: int, quick: bool, keep: bool) -> Result:
-    """The simulator drops 30% of 300 callbacks: the sweeper brings every call within 8 minutes."""
-    every = "60s" if quick else "5m"  # the default tier in the full run
-    run = Run(
-        "callbacks-lost",
-        max(300, calls),
-        keep=keep,
-        env={"RECONCILE_RECENT_EVERY": every, "FETCH_DELAY_SECONDS": "30"},
-    )
-    result = Result("callbacks-lost")
-    stop = threading.Event()
     try:
         run.start_web()
         run.start_worker()
@@ -1771,7 +1711,74 @@ def deploy_add_sink(calls: int, quick: bool, keep: bool) -> Result:
         run.finish(result, 180)
         handed = sum(w.output().count("'deferred'") for w in old)
         result.notes.append(f"old workers handed back {handed} task(s)")
+        return result
+    finally:
+        run.close()
 
+
+# ------------------------------------------------------ calls without callbacks or legs
+def _place(run: Run, drop: float, seed: int) -> tuple[float, set[str]]:
+    """The simulator places run.sids as just ended and POSTs their callbacks, less ``drop``."""
+    ended = time.time()
+    run.t0 = run.t0 or ended
+    answer = requests.post(
+        f"{run.sim_url}/_sim/calls",
+        json={
+            "sids": run.sids,
+            "callback_url": f"{run.edge}/exotel/callback/{TOKEN}",
+            "drop": drop,
+            "seed": seed,
+        },
+        timeout=300,
+    )
+    answer.raise_for_status()
+    return ended, set(answer.json()["dropped"])
+
+
+def _first_seen(run: Run, stop: threading.Event) -> dict[tuple[str, str], float]:
+    """Poll the sinks once a second: when each (sink, call) first appeared."""
+    seen: dict[tuple[str, str], float] = {}
+
+    def poll() -> None:
+        while not stop.wait(1.0):
+            now = time.time()
+            for sink, counts in run.sink_counts().items():
+                for sid in counts:
+                    seen.setdefault((sink, sid), now)
+
+    threading.Thread(target=poll, daemon=True, name="first-seen").start()
+    return seen
+
+
+def _sources(run: Run) -> dict[str, Counter[str]]:
+    """Per sink: how many records of ours say each (source, legs)."""
+    out: dict[str, Counter[str]] = {}
+    for name, path in run.jsonl.items():
+        counts: Counter[str] = Counter()
+        if path.exists():
+            for line in path.read_text().splitlines():
+                record = json.loads(line) if line.strip() else {}
+                if record.get("call_sid") in run.sid_set:
+                    counts[f"{record.get('source')}/{record.get('legs')}/{record['call_sid']}"] += 1
+        out[name] = counts
+    return out
+
+
+def callbacks_lost(calls: int, quick: bool, keep: bool) -> Result:
+    """The simulator drops 30% of 300 callbacks: the sweeper brings every call within 8 minutes."""
+    every = "60s" if quick else "5m"  # the default tier in the full run
+    run = Run(
+        "callbacks-lost",
+        max(300, calls),
+        keep=keep,
+        env={"RECONCILE_RECENT_EVERY": every, "FETCH_DELAY_SECONDS": "30"},
+    )
+    result = Result("callbacks-lost")
+    stop = threading.Event()
+    try:
+        run.start_web()
+        run.start_worker()
+        run.start_worker()
         seen = _first_seen(run, stop)
         ended, dropped = _place(run, 0.3, seed=30)
         result.notes.append(f"{len(dropped)} callbacks dropped, RECONCILE_RECENT_EVERY={every}")
