@@ -72,3 +72,23 @@ def verify(
     name_ok = hmac.compare_digest(user.encode(), DEFAULT_USER.encode())
     password_ok = hmac.compare_digest(password.encode(), ops_password.encode())
     return DEFAULT_USER if name_ok and password_ok else None
+
+
+def dev_password(var: Path) -> str:
+    """A stable console password for this checkout (``exolegs dev``), kept in ``var/``."""
+    path = var / "dev-ops-password"
+    if path.is_file():
+        return path.read_text().strip()
+    import secrets
+
+    var.mkdir(parents=True, exist_ok=True)
+    password = secrets.token_urlsafe(12)
+    path.write_text(password + "\n")
+    path.chmod(0o600)
+    return password
+
+
+def dev_banner(base_url: str, password: str | None) -> str:
+    """The console's line in ``exolegs dev``'s banner (the password only if dev made it)."""
+    shown = f"user {DEFAULT_USER}, password {password}" if password else "your OPS_* credential"
+    return f"Ops console: {base_url}/ops  ({shown})"

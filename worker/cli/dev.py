@@ -29,6 +29,7 @@ import redis
 
 from worker.cli.devenv import DEV_ENV, dev_values, explicit_env, write_dev_env, write_private
 from worker.errors import SettingsError
+from worker.opsusers import dev_banner, dev_password
 from worker.redact import mask_url, scrub
 from worker.settings import Settings
 
@@ -146,8 +147,13 @@ def _banner_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
 
 
-def banner(settings: Settings, *, exotel: str, redis: str, host: str) -> str:
-    """What dev prints once everything is started: every secret masked but the callback token."""
+def banner(
+    settings: Settings, *, exotel: str, redis: str, host: str, ops_password: str | None = None
+) -> str:
+    """What dev prints once everything is started: every secret masked but the callback token.
+
+    ``ops_password``: the console's dev password, made by dev, printed too.
+    """
     shown = _banner_host(host)
     callback = f"http://{shown}:{settings.port}/exotel/callback/{settings.callback_tokens[0]}"
     sinks = ", ".join(mask_url(s) for s in settings.sinks)
@@ -165,11 +171,13 @@ exolegs dev: serving on http://{shown}:{settings.port}  (sinks: {sinks})
       -d CallSid=demo$(date +%s) -d Status=completed -d EventType=terminal \\
       -d Direction=outbound-api -d From=09876543210 -d To=09123456789
 
+  {dev_banner(f"http://{shown}:{settings.port}", ops_password) if settings.ops_enabled else ""}
   Records reach the sinks {delay:g}s after the callback (FETCH_DELAY_SECONDS).
   In a second terminal here, {cli} check, dead list, fetch and sinks check reach this instance.
   Ctrl-C stops everything.
 """
-    return scrub(text, [s for s in settings.secrets() if s not in settings.callback_tokens])
+    shown_secrets = {*settings.callback_tokens, ops_password}
+    return scrub(text, [s for s in settings.secrets() if s not in shown_secrets])
 
 
 def run_dev(*, simulate: bool = False, host: str = "127.0.0.1") -> int:
@@ -184,6 +192,8 @@ def run_dev(*, simulate: bool = False, host: str = "127.0.0.1") -> int:
         chosen["REDIS_URL"] = url
     if not settings.callback_tokens:
         chosen["CALLBACK_TOKEN"] = dev_token()
+    if not settings.ops_enabled:
+        chosen["OPS_PASSWORD"] = dev_password(VAR)
     for name, value in (("FETCH_DELAY_SECONDS", "2"), ("SPOOL_DIR", str(VAR / "spool"))):
         if name not in explicit:
             chosen[name] = value
@@ -216,7 +226,15 @@ def run_dev(*, simulate: bool = False, host: str = "127.0.0.1") -> int:
         subprocess.Popen([*exe, "web", "--host", host], env=env, start_new_session=True),
     ]
     write_dev_env(chosen, pid=os.getpid())
-    print(banner(final, exotel=exotel_desc, redis=f"{redis_desc} ({mask_url(url)})", host=host))
+    print(
+        banner(
+            final,
+            exotel=exotel_desc,
+            redis=f"{redis_desc} ({mask_url(url)})",
+            host=host,
+            ops_password=chosen.get("OPS_PASSWORD"),
+        )
+    )
     stopping = False
 
     def stop(*_: Any) -> None:
