@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import re
+import uuid
 from dataclasses import dataclass
 
 from flask import Flask, Response, jsonify
@@ -80,6 +82,8 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         app.register_blueprint(ops_bp)
     _no_implicit_head(app, "callback.callback")
 
+    _request_ids(app)
+
     @app.errorhandler(HTTPException)
     def http_error(err: HTTPException) -> Response:
         return json_error(err, settings.max_body_bytes)
@@ -149,3 +153,31 @@ def _no_implicit_head(app: Flask, endpoint: str) -> None:
     for rule in app.url_map.iter_rules(endpoint):
         if rule.methods is not None:
             rule.methods.discard("HEAD")
+
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+
+def _request_ids(app: Flask) -> None:
+    """Each request's id (the router's ``X-Request-ID``, else a new one) in its log lines."""
+    from flask import g, request
+
+    from worker.logs import bind, unbind
+
+    @app.before_request
+    def start() -> None:
+        sent = request.headers.get("X-Request-ID", "")
+        g.request_id = sent if _REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
+        g.log_token = bind(request_id=g.request_id)
+
+    @app.after_request
+    def tag(response: Response) -> Response:
+        if "request_id" in g:
+            response.headers["X-Request-ID"] = g.request_id
+        return response
+
+    @app.teardown_request
+    def end(_: BaseException | None) -> None:
+        token = g.pop("log_token", None)
+        if token is not None:
+            unbind(token)

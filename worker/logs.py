@@ -16,7 +16,9 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar, Token
 from typing import Any
 
 from worker.redact import MASK, mask_phones, runtime_secrets
@@ -96,6 +98,42 @@ class ScrubbingFormatter(logging.Formatter):
         return self.scrub(self.inner.format(record))
 
 
+# ------------------------------------------------------------------ context
+#: Top-level keys of a JSON log line, when known: which call, which job, whose.
+CONTEXT_KEYS = ("call_sid", "job", "account", "attempt", "sink", "request_id")
+_context: ContextVar[dict[str, Any]] = ContextVar("exolegs_log_context", default={})  # noqa: B039
+
+
+@contextmanager
+def log_context(**fields: Any) -> Iterator[None]:
+    """Every line logged inside the block carries these fields (None values are left out)."""
+    token = bind(**fields)
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+def bind(**fields: Any) -> Token[dict[str, Any]]:
+    """Add fields to the current context; :func:`unbind` with the token undoes it."""
+    merged = {**_context.get(), **{k: v for k, v in fields.items() if v is not None}}
+    return _context.set(merged)
+
+
+def unbind(token: Token[dict[str, Any]]) -> None:
+    _context.reset(token)
+
+
+class ContextFilter(logging.Filter):
+    """Copies the bound context onto each record (an explicit ``extra=`` wins)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in _context.get().items():
+            if not hasattr(record, key):
+                setattr(record, key, value)
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out = {
@@ -105,7 +143,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        for key in ("call_sid", "job", "sink", "attempt"):
+        for key in CONTEXT_KEYS:
             if hasattr(record, key):
                 out[key] = getattr(record, key)
         if record.exc_text:
@@ -122,6 +160,7 @@ def configure_logging(settings: Settings, *, stream: object = None) -> None:
         inner = logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s", "%H:%M:%S")
     scrubber = ScrubFilter(settings.secrets())
     handler.setFormatter(ScrubbingFormatter(inner, scrubber.scrub))
+    handler.addFilter(ContextFilter())
     handler.addFilter(scrubber)
     root = logging.getLogger()
     for old in list(root.handlers):

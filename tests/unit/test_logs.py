@@ -322,3 +322,23 @@ def test_sentry_is_configured_without_pii_or_bodies(conf: Settings) -> None:
 def test_outgoing_requests_carry_no_sentry_baggage(conf: Settings) -> None:
     """Trace headers would hand the DSN's key to Exotel, CRMs and webhook receivers."""
     assert sentry_options(conf, web=False)["trace_propagation_targets"] == []
+
+
+def test_json_lines_carry_the_bound_context_as_top_level_keys() -> None:
+    from worker.logs import configure_logging, log_context
+
+    stream = io.StringIO()
+    configure_logging(Settings(log_format="json"), stream=stream)
+    log = logging.getLogger("exolegs.test")
+    with log_context(call_sid="CA1", job="deliver:CA1:crm", account="acme", attempt=2):
+        with log_context(request_id="req-7"):
+            log.warning("inside")
+        log.warning("outer")
+    log.warning("outside")
+    inner, outer, outside = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert inner["call_sid"] == "CA1" and inner["job"] == "deliver:CA1:crm"
+    assert inner["account"] == "acme" and inner["attempt"] == 2
+    assert inner["request_id"] == "req-7"
+    assert "request_id" not in outer and outer["call_sid"] == "CA1"
+    assert not {"call_sid", "job", "account", "attempt"} & set(outside)
+
