@@ -54,13 +54,23 @@ def _looks_like_number(key: str | None, value: str) -> bool:
     return (key in _PHONE_KEYS) or bool(_PHONE_VALUE.fullmatch(value.strip()))
 
 
+_EMBEDDED = re.compile(r"(?<![\w.])\+?\d{9,15}(?![\w])")
+_TEXT_KEYS = frozenset({None, "last_error", "m", "message", "error", "reason"})
+
+
 def mask(value: Any, key: str | None = None, found: list[str] | None = None) -> Any:
-    """A copy with every phone number masked; the originals are appended to ``found``."""
+    """A copy with every phone number masked; the originals are appended to ``found``.
+
+    A value under a phone-ish key, or that is a phone number as a whole, is
+    masked; in free text (error messages) every run of 9 to 15 digits is.
+    """
     if isinstance(value, str):
         if _looks_like_number(key, value):
             if found is not None and value not in found:
                 found.append(value)
             return mask_number(value)
+        if key in _TEXT_KEYS:
+            return _EMBEDDED.sub(lambda m: mask_number(m.group(0)), value)
         return value
     if isinstance(value, dict):
         return {k: mask(v, str(k), found) for k, v in value.items()}

@@ -346,6 +346,9 @@ def _bulk(action: str, source: Any, confirm: str | None) -> dict[str, Any]:
         done = len(letters)
     else:
         done = rt.dead.discard([letter.job_id for letter in letters])
+    if not done:
+        result.update(dry_run=False, done=0)
+        return result
     audit.record(
         rt.redis,
         user=_user(),
