@@ -104,6 +104,24 @@ end
 """
 
 
+# After LUA: observe one callback-to-last-sink duration (seconds) in the histogram.
+LUA_E2E = (
+    """
+local function e2e(k_total, k_minute, k_hour, secs)
+  local le = '+Inf'
+  for b in string.gmatch('@BOUNDS@', '[^,]+') do
+    if secs <= tonumber(b) then le = b; break end
+  end
+  metric(k_total, k_minute, k_hour, '@NAME@_bucket{le="' .. le .. '"}', 1)
+  metric(k_total, k_minute, k_hour, '@NAME@_count', 1)
+  redis.call('HINCRBYFLOAT', k_total, '@NAME@_sum', string.format('%.3f', secs))
+end
+"""
+    .replace("@BOUNDS@", ",".join(str(b) for b in E2E_BUCKETS))
+    .replace("@NAME@", str(Counter.E2E))
+)
+
+
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
@@ -191,20 +209,23 @@ class Batched:
         self.flush()
 
 
-def e2e_fields(seconds: float) -> list[str]:
-    """The histogram bucket a duration falls in (non-cumulative; the renderer adds them up)."""
-    le = next((str(b) for b in E2E_BUCKETS if seconds <= b), "+Inf")
-    return [series(f"{Counter.E2E}_bucket", le=le), f"{Counter.E2E}_count"]
+# KEYS: a latency list, the hash holding the start time. ARGV: the start's field.
+_SINCE = """
+local start = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '')
+if not start then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('LPUSH', KEYS[1], string.format('%.3f', now - start))
+redis.call('LTRIM', KEYS[1], 0, @CAP@)
+return 1
+""".replace("@CAP@", str(LATENCY_SAMPLES - 1))
 
 
-def observe_latency(pipe: Pipeline, kind: str, name: str, seconds: float) -> None:
-    key = latency_key(kind, name)
-    pipe.lpush(key, f"{max(0.0, seconds):.3f}")
-    pipe.ltrim(key, 0, LATENCY_SAMPLES - 1)
+def observe_since(pipe: Pipeline, kind: str, name: str, start_key: str, field: str) -> None:
+    """Add "now minus the time in ``start_key``'s ``field``" to a latency list (Redis's clock)."""
+    from redis.commands.core import Script
 
-
-def sink_succeeded(pipe: Pipeline, sink: str, at: float) -> None:
-    pipe.hset(SINKS, f"{sink}:last_ok", f"{at:.3f}")
+    Script(pipe, _SINCE)(keys=[latency_key(kind, name), start_key], args=[field], client=pipe)
 
 
 def pump_alive(redis: Redis, pump_id: str) -> None:
@@ -214,6 +235,26 @@ def pump_alive(redis: Redis, pump_id: str) -> None:
     pipe.zadd(PUMPS, {pump_id: now})
     pipe.zremrangebyscore(PUMPS, "-inf", now - 3600)
     pipe.execute()
+
+
+def start_heartbeat(redis: Redis, interval: float = 5.0) -> threading.Thread:
+    """Report this worker process's pump as alive every few seconds (a daemon thread)."""
+    import os
+    import socket
+
+    pump_id = f"{socket.gethostname()}:{os.getpid()}"
+
+    def beat() -> None:
+        while True:
+            try:
+                pump_alive(redis, pump_id)
+            except Exception:  # noqa: BLE001, S110 - Redis down: the console shows 0 pumps
+                pass
+            time.sleep(interval)
+
+    thread = threading.Thread(target=beat, name="exolegs-pump-heartbeat", daemon=True)
+    thread.start()
+    return thread
 
 
 def reconcile_ran(

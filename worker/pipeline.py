@@ -14,8 +14,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from worker import jobs, keys
-from worker.calls import readiness
+from worker import jobs, keys, metrics
+from worker.calls import readiness, timeline
 from worker.calls.intake import (
     CALLBACK_FIELDS,
     call_facts,
@@ -40,6 +40,8 @@ from worker.settings import DEFAULT_ACCOUNT, Account, Rate
 from worker.sinks import fleet
 
 if TYPE_CHECKING:
+    from redis.client import Pipeline
+
     from worker.jobs.circuit import Circuit
     from worker.runtime import Runtime
     from worker.sinks.base import CallRecord
@@ -151,12 +153,15 @@ def _book_deliveries(
     names: set[str],
     *,
     upgrade: bool = False,
+    fetched: bool = False,
 ) -> None:
     """Keep the record (unless None) and book a delivery per sink in ``names``, in one round trip.
 
     ``upgrade``: the legs came after a record built without them was
     delivered; only sinks that update in place (upsert, CRM external id)
-    get the full record, the rest keep the one they have.
+    get the full record, the rest keep the one they have. ``fetched``: the
+    legs were just fetched: counted and put on the call's timeline in the
+    same MULTI.
     """
     if upgrade:
         sinks = rt.sinks_of(account)
@@ -170,6 +175,11 @@ def _book_deliveries(
         )
     if upgrade:
         upgrade_sinks(pipe, call_sid, sorted(names), account)
+    if record is not None:
+        retention = rt.settings.retention_seconds
+        timeline.index_numbers(pipe, call_sid, timeline.numbers_in(record), retention, account)
+    if fetched:
+        _legs_fetched(rt, pipe, call_sid, account)
     rt.book.schedule_many([jobs.deliver_id(call_sid, name, account) for name in names], pipe=pipe)
     pipe.execute()
 
@@ -234,9 +244,11 @@ def call_upstream(
     try:
         result = call()
     except ConfigFaultError as err:
+        _upstream_failed(rt, job_id, name, err)
         _trip(circuit, job_id, err.message, shout=circuit.open(err.message), error=err)
         raise
     except Exception as err:
+        _upstream_failed(rt, job_id, name, err)
         # Timeouts, 5xx, and a run cut off by its time limit count as a sink
         # failing; a refusal of this one record (permanent) or a 429 do not.
         if name.startswith("sink:") and not isinstance(err, PermanentError | RateLimitedError):
@@ -319,8 +331,70 @@ def fetch_call(
     body = _fetch_legs(rt, acct, call_sid, circuit_open)
     source = call_facts(rt.redis, call_sid, account).source
     record = build_call_record(rt, body, parse_callback(raw_callback), account, source)
-    _book_deliveries(rt, call_sid, account, record, names, upgrade=stored is not None)
+    _book_deliveries(
+        rt, call_sid, account, record, names, upgrade=stored is not None, fetched=True
+    )
     return record
+
+
+def _legs_fetched(rt: Runtime, pipe: Pipeline, call_sid: str, account: str) -> None:
+    """Count the fetch, time it from the first callback, put it on the call's timeline."""
+    retention = rt.settings.retention_seconds
+    metrics.count(pipe, metrics.Counter.LEGS_FETCHES, account=account, code="200")
+    item = timeline.entry(timeline.Kind.LEGS, "done", code="200")
+    timeline.append(pipe, call_sid, item, retention, account)
+    metrics.observe_since(pipe, "legs", account, keys.call(call_sid, account), "received_at")
+
+
+def _upstream_failed(rt: Runtime, job_id: str, name: str, err: Exception) -> None:
+    """An Exotel request or a sink delivery failed: count it and put it on the call's timeline."""
+    job = JobId.parse(job_id)
+    message = err.message if isinstance(err, ExolegsError) else f"{type(err).__name__}: {err}"
+    status = err.upstream_status if isinstance(err, ExolegsError) else None
+    code = err.upstream_code if isinstance(err, ExolegsError) else None
+    shown = f"{status}/{code}" if status and code else str(status or "network")
+    pipe = rt.redis.pipeline(transaction=False)
+    if job.kind == jobs.FETCH:
+        metrics.count(pipe, metrics.Counter.LEGS_FETCHES, account=job.account, code=shown)
+        item = timeline.entry(timeline.Kind.LEGS, "failed", code=shown, message=message)
+    else:
+        item = timeline.entry(
+            timeline.Kind.DELIVER, "failed", sink=job.sink, code=shown, message=message
+        )
+    timeline.append(pipe, job.call_sid, item, rt.settings.retention_seconds, job.account)
+    try:
+        pipe.execute()
+    except Exception:
+        log.debug("could not count the failure of %s", job_id, exc_info=True)
+
+
+def report(rt: Runtime, job: JobId, outcome: jobs.Outcome) -> None:
+    """After a run: count a delivery's retry, park or dead letter; a dead job on the timeline."""
+    Outcome = jobs.Outcome
+    if outcome not in (Outcome.RETRY, Outcome.PARKED, Outcome.DEAD, Outcome.UNAVAILABLE):
+        return  # done is counted where it happens; the rest did no work
+    pipe = rt.redis.pipeline(transaction=False)
+    if job.kind == jobs.DELIVER and outcome is not Outcome.UNAVAILABLE:
+        delivery = metrics.DeliveryOutcome(str(outcome))
+        metrics.count(pipe, metrics.Counter.DELIVERIES, sink=job.sink, outcome=delivery)
+    if outcome is Outcome.UNAVAILABLE:
+        item = timeline.entry(timeline.Kind.LEGS, "unavailable", message="record from the callback")
+        timeline.append(pipe, job.call_sid, item, rt.settings.retention_seconds, job.account)
+    if outcome is Outcome.DEAD:
+        sink = job.sink if job.kind == jobs.DELIVER else "legs"
+        metrics.count(pipe, metrics.Counter.DEAD_LETTERS, sink=sink)
+        letter = rt.dead.get(str(job))
+        item = timeline.entry(
+            timeline.Kind.DEAD,
+            letter.reason if letter else "dead",
+            sink=job.sink,
+            attempt=letter.attempts if letter else None,
+        )
+        timeline.append(pipe, job.call_sid, item, rt.settings.retention_seconds, job.account)
+    try:
+        pipe.execute()
+    except Exception:
+        log.debug("could not count %s of %s", outcome, job, exc_info=True)
 
 
 def deliver_call(
@@ -354,6 +428,7 @@ def deliver_call(
             retention_seconds=rt.settings.retention_seconds,
             force=force or upgrade,
             account=account,
+            all_sinks=tuple(rt.sinks_of(account)),
         ),
         circuit_open=circuit_open,
     )

@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 import time
 
-from worker import jobs, keys, pipeline
+from worker import jobs, keys, metrics, pipeline
 from worker.celery_app import app
 from worker.errors import Deferred, ExolegsError, Kind, TransientError
 from worker.jobs import Batch, JobId, Outcome
 from worker.jobs.pump import Pump
 from worker.jobs.retry import decide
+from worker.logs import bind, log_context
 from worker.runtime import Runtime
 from worker.settings import DEFAULT_ACCOUNT
 
@@ -81,7 +82,12 @@ def run_batch(rt: Runtime, batch: Batch) -> list[Outcome]:
                     rt.book.release(str(rest), batch.token, 0)
                 outcomes += [Outcome.HANDED_BACK] * (len(batch.jobs) - n)
                 break
-            outcomes.append(execute(rt, job, batch.token))
+            with log_context(
+                call_sid=job.call_sid, job=str(job), account=job.account, sink=job.sink
+            ):
+                outcome = execute(rt, job, batch.token)
+            pipeline.report(rt, job, outcome)
+            outcomes.append(outcome)
     return outcomes
 
 
@@ -93,6 +99,7 @@ def execute(rt: Runtime, job: JobId, token: str) -> Outcome:
         return started  # STALE: not this claim's to run; BUSY: a copy of it runs
     context = f"call={job.call_sid} job={job_id}"
     attempt = started.attempt
+    bind(attempt=attempt)  # undone with the run's log_context
     with rt.heartbeat.run(job_id, token):
         try:
             if job.kind == jobs.FETCH:
@@ -179,6 +186,7 @@ def _failed(rt: Runtime, job: JobId, token: str, attempt: int, err: ExolegsError
 def start_pump() -> Pump:
     rt = app.runtime()
     app.pump = Pump(rt.book, dispatch, queue=app.conf.task_default_queue).start()
+    metrics.start_heartbeat(rt.redis)
     log.info(
         "job pump started (lease %.0fs, %d message(s) in flight per sink)",
         rt.settings.job_lease_seconds,

@@ -144,7 +144,13 @@ def page(chromium: Any, stack: Stack) -> Iterator[Any]:
     context = chromium.new_context(viewport={"width": 1360, "height": 900})
     tab = context.new_page()
     tab.errors = []
-    tab.on("console", lambda m: tab.errors.append(m.text) if m.type == "error" else None)
+
+    def console(message: Any) -> None:
+        # A 401 or 404 answer is logged as "Failed to load resource"; that is not a page error.
+        if message.type == "error" and not message.text.startswith("Failed to load resource"):
+            tab.errors.append(message.text)
+
+    tab.on("console", console)
     tab.on("pageerror", lambda e: tab.errors.append(str(e)))
     yield tab
     context.close()
@@ -155,7 +161,8 @@ def log_in(page: Any, stack: Stack) -> None:
     page.fill("input[name=user]", "ops")
     page.fill("input[name=password]", OPS_PASSWORD)
     page.click("form button:has-text('Log in')")
-    page.wait_for_url(f"{stack.url}/ops/")
+    page.wait_for_load_state()
+    assert page.url == f"{stack.url}/ops/", page.inner_text("main")
 
 
 def lines_for(path: Path, call_sid: str) -> int:

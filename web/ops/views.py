@@ -48,7 +48,7 @@ bp = Blueprint(
     static_url_path="/static",
 )
 
-#: Logins allowed per client address, across every web process.
+#: Logins allowed per client address, across every web process: 10 at once, then 1 every 6 s.
 LOGIN_RATE = Rate(10, 60)
 _OPEN = {"ops.login", "ops.login_form", "ops.static", "ops.api_login"}
 
@@ -100,7 +100,9 @@ def headers(response: Response) -> Response:
     response.headers["Content-Security-Policy"] = CSP
     response.headers["X-Frame-Options"] = "DENY"
     response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Referrer-Policy"] = "no-referrer"
+    # same-origin, not no-referrer: with no-referrer browsers send "Origin: null" on
+    # our own form posts, and the Origin check would refuse them.
+    response.headers["Referrer-Policy"] = "same-origin"
     if request.endpoint != "ops.static":
         response.headers["Cache-Control"] = "no-store"
     return response
@@ -205,7 +207,9 @@ def api_login() -> ResponseReturnValue:
 
 def _check_credentials(user: str, password: str) -> str | tuple[int, str]:
     edge = _edge()
-    wait = edge.runtime.limiter.acquire(f"ops-login:{client_address(request)}", LOGIN_RATE)
+    wait = edge.runtime.limiter.acquire(
+        f"ops-login:{client_address(request)}", LOGIN_RATE, burst=10
+    )
     if wait > 0:
         return 429, f"too many login attempts; try again in {wait:.0f} s"
     settings = edge.settings

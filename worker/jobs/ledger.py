@@ -15,9 +15,11 @@ and while the call has a dead letter it has no TTL at all
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from worker import keys
+from worker import keys, metrics
+from worker.calls import timeline
 from worker.settings import DEFAULT_ACCOUNT
 
 if TYPE_CHECKING:
@@ -55,14 +57,39 @@ return redis.call('GET', KEYS[1])
 """
 )
 
-# KEYS[1] ledger hash. ARGV: sink, (unused), retention. Delivered at Redis's clock.
+# KEYS: ledger hash, call hash, timeline, metrics.bucket_keys() (3), the sink's
+# latency list, the sinks' last-success hash. ARGV: sink, outcome counter field,
+# retention, timeline entry, timeline cap, then every sink of the account.
+# Delivered at Redis's clock; counted, and put on the call's timeline, in the
+# same call. When this was the call's last sink, the time since its first
+# callback goes into the end-to-end histogram (once: the "~e2e" field).
 _MARK = (
     _EXTEND
+    + metrics.LUA
+    + metrics.LUA_E2E
+    + timeline.LUA
     + """
 local ttl = redis.call('TTL', KEYS[1])
 local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 redis.call('HSET', KEYS[1], ARGV[1], t[1] .. '.' .. string.format('%06d', tonumber(t[2])))
 extend(KEYS[1], ttl, tonumber(ARGV[3]))
+metric(KEYS[4], KEYS[5], KEYS[6], ARGV[2], 1)
+timeline(KEYS[3], ARGV[4], ARGV[5], ARGV[3])
+redis.call('HSET', KEYS[8], ARGV[1] .. ':last_ok', string.format('%.3f', now))
+local received = tonumber(redis.call('HGET', KEYS[2], 'received_at') or '')
+if received then
+  redis.call('LPUSH', KEYS[7], string.format('%.3f', now - received))
+  redis.call('LTRIM', KEYS[7], 0, 499)
+  local all = true
+  for i = 6, #ARGV do
+    local state = redis.call('HGET', KEYS[1], ARGV[i])
+    if not state or string.sub(state, 1, 7) == 'pending' then all = false; break end
+  end
+  if all and redis.call('HSETNX', KEYS[1], '~e2e', '1') == 1 then
+    e2e(KEYS[4], KEYS[5], KEYS[6], now - received)
+  end
+end
 return 1
 """
 )
@@ -100,10 +127,12 @@ def _state(
 
 def states(redis: Redis, call_sid: str, account: str = DEFAULT_ACCOUNT) -> dict[str, str]:
     """Every sink's ledger entry for a call: a delivery time, or ``pending:<time>``."""
-    return {
-        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-        for k, v in redis.hgetall(keys.ledger(call_sid, account)).items()
-    }
+    out = {}
+    for k, v in redis.hgetall(keys.ledger(call_sid, account)).items():
+        name = k.decode() if isinstance(k, bytes) else k
+        if not name.startswith("~"):  # "~e2e": the call's end-to-end time was counted
+            out[name] = v.decode() if isinstance(v, bytes) else v
+    return out
 
 
 def delivered(redis: Redis, call_sid: str, sink_name: str, account: str = DEFAULT_ACCOUNT) -> bool:
@@ -117,9 +146,29 @@ def mark_delivered(
     sink_name: str,
     retention_seconds: int,
     account: str = DEFAULT_ACCOUNT,
+    *,
+    outcome: metrics.DeliveryOutcome = metrics.DeliveryOutcome.DELIVERED,
+    all_sinks: Iterable[str] = (),
 ) -> None:
+    """The sink has the call: ledger, counters, timeline and latency in one script."""
+    item = timeline.entry(timeline.Kind.DELIVER, outcome, sink=sink_name)
     redis.register_script(_MARK)(
-        keys=[keys.ledger(call_sid, account)], args=[sink_name, "", retention_seconds]
+        keys=[
+            keys.ledger(call_sid, account),
+            keys.call(call_sid, account),
+            timeline.key(call_sid, account),
+            *metrics.bucket_keys(),
+            metrics.latency_key("sink", sink_name),
+            metrics.SINKS,
+        ],
+        args=[
+            sink_name,
+            metrics.series(metrics.Counter.DELIVERIES, sink=sink_name, outcome=outcome),
+            retention_seconds,
+            timeline.dumps(item),
+            timeline.CAP,
+            *(all_sinks or (sink_name,)),
+        ],
     )
 
 
@@ -158,6 +207,7 @@ def deliver_once(
     retention_seconds: int,
     force: bool = False,
     account: str = DEFAULT_ACCOUNT,
+    all_sinks: Iterable[str] = (),
 ) -> bool:
     """Deliver unless the ledger says this sink has the call; True when delivered now.
 
@@ -171,12 +221,22 @@ def deliver_once(
     )
     prior = raw.decode() if isinstance(raw, bytes) else str(raw)
     if prior and not prior.startswith(PENDING) and not force:
+        already = metrics.DeliveryOutcome.ALREADY
+        metrics.incr(redis, metrics.Counter.DELIVERIES, sink=sink.name, outcome=already)
         return False
     if prior.startswith(PENDING) and not force and not sink.native_idempotency:
         # An earlier attempt died mid-delivery: ask the destination before writing again.
         if sink.lookup(call_sid):
-            mark_delivered(redis, call_sid, sink.name, retention_seconds, account)
+            mark_delivered(
+                redis,
+                call_sid,
+                sink.name,
+                retention_seconds,
+                account,
+                outcome=metrics.DeliveryOutcome.ALREADY,
+                all_sinks=all_sinks,
+            )
             return False
     sink.deliver(record)
-    mark_delivered(redis, call_sid, sink.name, retention_seconds, account)
+    mark_delivered(redis, call_sid, sink.name, retention_seconds, account, all_sinks=all_sinks)
     return True

@@ -10,8 +10,8 @@ from flask import Flask
 
 from tests.unit.web.conftest import URL, assert_conforms
 from tests.unit.web.test_ops import PASSWORD, seed_call
-from worker import keys
 from worker.jobs import deliver_id
+from worker.jobs.deadletters import DEAD, dead_key
 
 METRICS = "metrics-token-0123456789"
 
@@ -25,8 +25,8 @@ def seed_dead_letter(client: redis.Redis, call_sid: str = "CAdeadapi") -> str:
         "upstream_status": None, "upstream_code": None,
         "callback": {"From": "09876543210", "CallSid": call_sid},
     }  # fmt: skip
-    client.set(keys.dead(job_id), json.dumps(letter))
-    client.zadd(keys.DEAD, {job_id: 3.0})
+    client.set(dead_key(job_id), json.dumps(letter))
+    client.zadd(DEAD, {job_id: 3.0})
     return job_id
 
 
