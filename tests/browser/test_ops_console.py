@@ -147,6 +147,7 @@ def test_metrics_count_what_was_sent(stack: Stack) -> None:
     text = requests.get(
         f"{stack.url}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}, timeout=5
     ).text
-    accepted = re.search(r'exolegs_callbacks_total\{outcome="accepted"\} (\d+)', text)
+    series = r'exolegs_callbacks_total\{account="default",outcome="accepted"\} (\d+)'
+    accepted = re.search(series, text)
     assert accepted and int(accepted.group(1)) == 4  # the callbacks the tests above sent
     assert 'exolegs_deliveries_total{outcome="delivered",sink="files"}' in text

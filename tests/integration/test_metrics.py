@@ -64,8 +64,8 @@ def test_totals_equal_what_was_sent_whichever_process_answers(
             return first if same and rejected == 2 else None
 
         totals = wait_for(settled, timeout=15, interval=0.5)
-        assert totals['exolegs_callbacks_total{outcome="accepted"}'] == CALLS
-        assert totals['exolegs_callbacks_total{outcome="duplicate"}'] == CALLS / 8
+        assert totals['exolegs_callbacks_total{account="default",outcome="accepted"}'] == CALLS
+        assert totals['exolegs_callbacks_total{account="default",outcome="duplicate"}'] == CALLS / 8
         assert totals['exolegs_callbacks_total{outcome="rejected"}'] == 2
         account = re.escape("default")
         fetched = [
