@@ -139,3 +139,16 @@ def test_banner_masks_every_secret_but_the_callback_token() -> None:
     assert (
         "curl -s -X POST 'http://127.0.0.1:8000/exotel/callback/callbacktoken-0123456789'" in text
     )
+
+
+def test_banner_shows_the_console_and_its_dev_password_only_when_dev_made_it() -> None:
+    env = {"CALLBACK_TOKEN": "callbacktoken-0123456789", "OPS_PASSWORD": "dev-made-password"}
+    settings = Settings.from_env(env)
+    text = dev.banner(
+        settings, exotel="sim", redis="r", host="0.0.0.0", ops_password="dev-made-password"
+    )
+    assert "Ops console: http://127.0.0.1:8000/ops  (user ops, password dev-made-password)" in text
+    own = Settings.from_env({**env, "OPS_PASSWORD": "operator-chosen-password"})
+    text = dev.banner(own, exotel="sim", redis="r", host="127.0.0.1")
+    assert "Ops console: http://127.0.0.1:8000/ops  (your OPS_* credential)" in text
+    assert "operator-chosen-password" not in text
