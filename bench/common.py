@@ -218,6 +218,11 @@ def _cpu_by_pid(pgid: int) -> dict[int, float]:
     return found
 
 
+def cpu_by_pid(pgid: int) -> dict[int, float]:
+    """CPU seconds so far of each live process of a group (a gunicorn master and its workers)."""
+    return _cpu_by_pid(pgid)
+
+
 def group_cpu(pgid: int) -> float:
     """CPU seconds used so far by the live processes of a process group."""
     return sum(_cpu_by_pid(pgid).values())

@@ -45,8 +45,8 @@ from bench.common import (
     Child,
     PrivateRedis,
     children_cpu,
+    cpu_by_pid,
     free_port,
-    group_cpu,
     interrupts_as_keyboard,
     machine,
     percentile,
@@ -72,6 +72,7 @@ class CpuSample:
     server: float
     redis: float
     client: float
+    by_pid: dict[int, float]  # the server's processes (gunicorn master and workers)
 
 
 @dataclass
@@ -81,6 +82,7 @@ class Run:
     mode: str
     result: loadgen.Result
     cpu: CpuSample  # CPU seconds used during the run
+    split: str = ""  # each worker's share of the server CPU, busiest first
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -108,7 +110,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 # ---------------------------------------------------------------- CPU usage
 def cpu_now(server: Server, redis: PrivateRedis) -> CpuSample:
-    return CpuSample(group_cpu(server.child.proc.pid), redis.cpu(), children_cpu())
+    by_pid = cpu_by_pid(server.child.proc.pid)
+    return CpuSample(sum(by_pid.values()), redis.cpu(), children_cpu(), by_pid)
+
+
+def worker_split(before: CpuSample, after: CpuSample, master: int) -> str:
+    """Each gunicorn worker's share of the server CPU in a run, busiest first: "52/48".
+
+    A lopsided split means the keep-alive connections landed mostly on one
+    process, which then runs out of its one core (the GIL) while the other idles.
+    """
+    used = sorted(
+        (after.by_pid[pid] - before.by_pid.get(pid, 0.0) for pid in after.by_pid if pid != master),
+        reverse=True,
+    )
+    total = sum(used) or 1.0
+    return "/".join(f"{100 * u / total:.0f}" for u in used)
 
 
 # ---------------------------------------------------------------- servers
@@ -141,10 +158,13 @@ def measure(n: int, server: Server, redis: PrivateRedis, plan: loadgen.Plan, mod
     if not server.child.running:
         raise RuntimeError(f"{server.name} died during the run:\n{server.child.tail()}")
     cpu = CpuSample(
-        after.server - before.server, after.redis - before.redis, after.client - before.client
+        after.server - before.server,
+        after.redis - before.redis,
+        after.client - before.client,
+        {},
     )
-    run = Run(n, server.name, mode, result, cpu)
-    print(f"  run {n}: {describe(run)}", flush=True)
+    run = Run(n, server.name, mode, result, cpu, worker_split(before, after, server.child.proc.pid))
+    print(f"  run {n}: {describe(run)}  worker CPU split {run.split}", flush=True)
     return run
 
 
