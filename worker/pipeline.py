@@ -95,6 +95,7 @@ def build_call_record(
         status=status,
         source=source,
         legs_state=Legs.FETCHED if body is not None else Legs.UNAVAILABLE,
+        recording_hosts=rt.settings.recording_hosts,
     )
     record["account"] = account
     return record

@@ -19,7 +19,7 @@ def terminal(call_sid: str) -> dict[str, str]:
         "Status": "completed",
         "EventType": "terminal",
         "Direction": "outbound-api",
-        "RecordingUrl": "https://example.com/r.mp3",
+        "RecordingUrl": "https://recordings.exotel.com/acme/r.mp3",
     }
 
 
@@ -39,7 +39,7 @@ def test_callback_becomes_one_jsonl_record(
     assert record["schema"] == "exolegs.call/v1"
     assert record["status"] == "completed"
     assert record["direction"] == "outbound"
-    assert record["recording_url"] == "https://example.com/r.mp3"
+    assert record["recording_url"] == "https://recordings.exotel.com/acme/r.mp3"
     assert record["from"] and record["to"]
     time.sleep(1)
     assert len(records_for(jsonl_path, "e2e-one")) == 1

@@ -53,12 +53,14 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta, timezone
 from functools import lru_cache
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 import phonenumbers
 
 from worker.calls.provenance import Legs, Source
 from worker.errors import PermanentError
+from worker.settings import DEFAULT_RECORDING_HOSTS
 
 SCHEMA_ID = "exolegs.call/v1"
 INDIA = ZoneInfo("Asia/Kolkata")
@@ -146,8 +148,13 @@ def build_record(
     status: str | None = None,
     source: Source = Source.CALLBACK,
     legs_state: Legs = Legs.FETCHED,
+    recording_hosts: tuple[str, ...] = DEFAULT_RECORDING_HOSTS,
 ) -> dict[str, Any]:
     """Build the `exolegs.call/v1` record for one call.
+
+    ``recording_url`` is kept only when it is an https URL on one of
+    ``recording_hosts`` (:func:`recording_allowed`): the callback is the only
+    source of it, and a forged one would otherwise reach CRM notes.
 
     ``legs`` is ``response.leg_details`` (empty when ``legs_state`` is
     unavailable); ``callback`` the callback fields as received.
@@ -231,13 +238,41 @@ def build_record(
         "started_at": _iso(first_start),
         "ended_at": _iso(last_end),
         "duration_seconds": duration,
-        "recording_url": _optional_text(_first(fields, _RECORDING_KEYS)),
+        "recording_url": recording_allowed(
+            _optional_text(_first(fields, _RECORDING_KEYS)), recording_hosts
+        ),
         "custom_field": _optional_text(_first(fields, _CUSTOM_FIELD_KEYS)),
         "callback": _jsonable(fields) if fields else {},
         "fetched_at": _utc_iso(fetched_at),
         "source": Source(source).value,
         "legs": Legs(legs_state).value,
     }
+
+
+def recording_allowed(url: str | None, hosts: tuple[str, ...]) -> str | None:
+    """``url`` when it is https on an allowed host, else None.
+
+    An entry ``exotel.com`` allows that host and its subdomains; an entry with
+    a path (``s3-ap-southeast-1.amazonaws.com/exotelrecordings/``) allows that
+    exact host and URLs whose path starts there.
+    """
+    if not url:
+        return None
+    try:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+    except ValueError:
+        return None
+    if parts.scheme != "https" or not host or parts.username or parts.password:
+        return None
+    for entry in hosts:
+        allowed, slash, prefix = entry.lower().partition("/")
+        if slash:
+            if host == allowed and parts.path.startswith("/" + prefix):
+                return url
+        elif host == allowed or host.endswith("." + allowed):
+            return url
+    return None
 
 
 def _outcome(value: Any) -> str | None:

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import ValidationError
 
-from worker.calls.enrich import SCHEMA_ID, build_record, leg_details_of
+from worker.calls.enrich import SCHEMA_ID, build_record, leg_details_of, recording_allowed
 from worker.errors import PermanentError
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -332,7 +332,7 @@ def test_recording_url_custom_field_and_callback_copy() -> None:
     callback = {
         "CallSid": CALL_SID,
         "Status": "completed",
-        "RecordingUrl": "https://s3-ap-southeast-1.amazonaws.com/recordings/abc123.mp3",
+        "RecordingUrl": "https://s3-ap-southeast-1.amazonaws.com/exotelrecordings/acme/abc123.mp3",
         "CustomField": "order_12345",
         "Legs": [{"OnCallDuration": 335, "Status": "completed", "AnsweredBy": "NA"}],
     }
@@ -348,12 +348,49 @@ def test_ccm_snake_case_callback_fields() -> None:
     callback = {
         "call_sid": CALL_SID,
         "event_type": "terminal",
-        "recording_url": "https://example.invalid/r.mp3",
+        "recording_url": "https://recordings.exotel.com/acme/r.mp3",
         "custom_field": "lead-42",
     }
     record = build(seed_legs(), callback)
-    assert record["recording_url"] == "https://example.invalid/r.mp3"
+    assert record["recording_url"] == "https://recordings.exotel.com/acme/r.mp3"
     assert record["custom_field"] == "lead-42"
+
+
+@pytest.mark.parametrize(
+    ("url", "kept"),
+    [
+        ("https://recordings.exotel.com/acme/r.mp3", True),
+        ("https://exotel.in/r.mp3", True),
+        ("https://s3-ap-southeast-1.amazonaws.com/exotelrecordings/acme/r.mp3", True),
+        # anything else a forged callback might carry into CRM notes
+        ("https://s3-ap-southeast-1.amazonaws.com/attacker-bucket/r.mp3", False),
+        ("https://evil.example/r.mp3", False),
+        ("https://exotel.com.evil.example/r.mp3", False),
+        ("https://evilexotel.com/r.mp3", False),
+        ("http://recordings.exotel.com/r.mp3", False),
+        ("https://user:pw@recordings.exotel.com/r.mp3", False),
+        ("javascript:alert(1)//exotel.com", False),
+        ("https://[::1/r.mp3", False),
+    ],
+)
+def test_recording_url_is_kept_only_on_exotel_hosts(url: str, kept: bool) -> None:
+    record = build(seed_legs(), {"CallSid": CALL_SID, "RecordingUrl": url})
+    assert record["recording_url"] == (url if kept else None)
+
+
+def test_recording_hosts_can_be_extended() -> None:
+    from worker.settings import Settings
+
+    settings = Settings.from_env(
+        {"RECORDING_HOSTS": "media.example.org, cdn.example.net/rec/"}, dotenv=False
+    )
+    url = "https://media.example.org/r.mp3"
+    record = build_record(seed_legs(), {"CallSid": CALL_SID, "RecordingUrl": url},
+                          default_country="IN", fetched_at=FETCHED_AT,
+                          recording_hosts=settings.recording_hosts)
+    assert record["recording_url"] == url
+    assert recording_allowed("https://cdn.example.net/rec/1.mp3", settings.recording_hosts)
+    assert not recording_allowed("https://cdn.example.net/other.mp3", settings.recording_hosts)
 
 
 @pytest.mark.parametrize("empty", ["", "   ", "null", None])

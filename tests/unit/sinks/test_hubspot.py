@@ -156,7 +156,8 @@ def test_only_playable_recordings_are_linked(
     make_sink(extra).deliver(make_record(SID, recording_url=url))
     props = only_call(fake)["properties"]
     assert ("hs_call_recording_url" in props) is sent
-    assert ("Recording:" in props["hs_call_body"]) is (not extra)  # recordings=false: no link
+    # recordings=false: no link; a plain-http link never reaches the record (enrich.py)
+    assert ("Recording:" in props["hs_call_body"]) is (not extra and url.startswith("https:"))
 
 
 def test_an_unknown_or_masked_caller_is_not_searched_for(
