@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import unquote
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger
@@ -37,9 +38,29 @@ class MaskingLogger(Logger):  # type: ignore[misc]
     def atoms(self, resp: Any, req: Any, environ: Any, request_time: Any) -> dict[str, Any]:
         atoms: dict[str, Any] = super().atoms(resp, req, environ, request_time)
         for key, value in atoms.items():
-            if isinstance(value, str) and "/exotel/callback/" in value:
-                atoms[key] = CALLBACK_PATH.sub(rf"\1{MASK}", value)
+            if isinstance(value, str):
+                atoms[key] = mask_callback_path(value)
         return atoms
+
+
+def mask_callback_path(text: str) -> str:
+    """``text`` with any callback token masked, also when the path is percent-encoded.
+
+    The router decodes the path before matching it, so ``/%65xotel%2Fcallback/%74…``
+    reaches the callback with a real token; such an atom is logged decoded and masked.
+    """
+    if "%" in text:
+        decoded = text
+        for _ in range(3):  # undo double encoding too; the router undoes one
+            once = unquote(decoded)
+            if once == decoded:
+                break
+            decoded = once
+        if "/exotel/callback/" in decoded:
+            return CALLBACK_PATH.sub(rf"\1{MASK}", decoded)
+    if "/exotel/callback/" in text:
+        return CALLBACK_PATH.sub(rf"\1{MASK}", text)
+    return text
 
 
 def masking_logger(secrets: Iterable[str]) -> type[MaskingLogger]:

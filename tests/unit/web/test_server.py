@@ -73,6 +73,29 @@ def test_access_log_masks_every_callback_token_and_known_secret(
         assert secret not in out
 
 
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "/%65xotel/callback/{t}?CallSid=a1",
+        "/exotel%2Fcallback/{t}",
+        "/exotel/callback/%74{rest}",
+        "/%2565xotel/callback/%2574{rest}",
+        "/exotel/%63allback/" + "".join(f"%{ord(c):02X}" for c in TOKEN),
+    ],
+)
+def test_access_log_masks_a_percent_encoded_path(
+    uri: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The router decodes the path, so an encoded one still reaches the callback."""
+    logger = gunicorn_logger()
+    logger.cfg.set("access_log_format", '"%(r)s" %(U)s %({raw_uri}e)s')
+    access_line(logger, uri.format(t=TOKEN, rest=TOKEN[1:]), [])
+    out = capsys.readouterr().out
+    assert "/exotel/callback/***" in out
+    for secret in (TOKEN, TOKEN[1:], TOKEN[4:]):
+        assert secret not in out, out
+
+
 def test_a_custom_access_format_with_headers_is_scrubbed_too(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
