@@ -263,7 +263,10 @@ def cmd_sinks_list(args: argparse.Namespace) -> int:
     from worker.cli.sinks import list_sinks
 
     for row in list_sinks():
-        print(f"{row.get('name', ''):12} {row.get('url_help') or row.get('error', '')}")
+        what = row.get("url_help") or row.get("error", "")
+        print(f"{row.get('name', ''):12} {row.get('package', ''):22} {what}")
+        if row.get("note"):
+            print(f"{'':12} {'':22} note: {row['note']}")
     return 0
 
 

@@ -25,22 +25,26 @@ def _class_path(cls: type[Sink]) -> str:
 
 
 def list_sinks() -> list[dict[str, str]]:
-    """Every registered sink: ``name``, ``class``, ``url_help`` and ``error``.
+    """Every registered sink: ``name``, ``package``, ``class``, ``url_help``, ``error``, ``note``.
 
-    ``error`` is empty for a sink that loads, else why it does not (the other
-    sinks still work: only the sinks a URL names are ever imported).
+    ``package`` is the distribution that provides it (``exolegs`` for the
+    built-ins). ``error`` is empty for a sink that loads, else why it does not
+    (the other sinks still work: only the sinks a URL names are ever
+    imported). ``note`` says when another package registers the same name.
     """
     points = registry.entry_point_map()
+    clashes = registry.conflicts()
     rows: list[dict[str, str]] = []
     for name, found in registry.available().items():
+        point = points.get(name)
+        package = registry.package_of(point) if point is not None else "(several)"
+        row = {"name": name, "package": package, "note": clashes.get(name, "") if point else ""}
         if isinstance(found, Exception):
-            rows.append(
-                {"name": name, "class": points[name].value, "url_help": "", "error": str(found)}
-            )
+            value = point.value if point is not None else ""
+            row.update({"class": value, "url_help": "", "error": str(found)})
         else:
-            rows.append(
-                {"name": name, "class": _class_path(found), "url_help": found.url_help, "error": ""}
-            )
+            row.update({"class": _class_path(found), "url_help": found.url_help, "error": ""})
+        rows.append(row)
     return rows
 
 

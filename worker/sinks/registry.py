@@ -2,10 +2,16 @@
 
 Only the entry point a URL names is imported, so a broken third-party plugin
 never stops the sinks that do work.
+
+Names are resolved safely: a built-in sink (one exolegs itself registers)
+always wins over a plugin that registers the same name, since the sink gets
+the URL with its secrets; and a name two plugins both register is refused
+when SINKS uses it, with one line naming both packages.
 """
 
 from __future__ import annotations
 
+import logging
 from importlib.metadata import EntryPoint, entry_points
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -19,16 +25,68 @@ if TYPE_CHECKING:
 
     from worker.settings import Settings
 
+log = logging.getLogger("exolegs.sinks")
+
 GROUP = "exolegs.sinks"
+#: The distribution that ships the built-in sinks.
+BUILTIN_PACKAGE = "exolegs"
+
+
+def package_of(point: EntryPoint) -> str:
+    """The distribution that registers an entry point (its top module when unknown)."""
+    dist = getattr(point, "dist", None)
+    name = getattr(dist, "name", None) if dist is not None else None
+    return str(name) if name else point.value.split(":", 1)[0].split(".", 1)[0]
+
+
+def _builtin(point: EntryPoint) -> bool:
+    return package_of(point) == BUILTIN_PACKAGE or point.value.startswith("worker.sinks.")
+
+
+def _by_name() -> dict[str, list[EntryPoint]]:
+    found: dict[str, list[EntryPoint]] = {}
+    for point in entry_points(group=GROUP):
+        same = found.setdefault(point.name, [])
+        if not any(p.value == point.value and package_of(p) == package_of(point) for p in same):
+            same.append(point)  # one package seen twice on sys.path is not a conflict
+    return found
 
 
 def entry_point_map() -> dict[str, EntryPoint]:
-    return {ep.name: ep for ep in entry_points(group=GROUP)}
+    """The entry point each usable name resolves to: the built-in, else the only plugin."""
+    chosen: dict[str, EntryPoint] = {}
+    for name, points in _by_name().items():
+        builtin = [p for p in points if _builtin(p)]
+        if builtin:
+            chosen[name] = builtin[0]
+        elif len(points) == 1:
+            chosen[name] = points[0]
+    return chosen
+
+
+def conflicts() -> dict[str, str]:
+    """Names registered more than once, and what happens to them, in one line each."""
+    out: dict[str, str] = {}
+    for name, points in _by_name().items():
+        if len(points) < 2:
+            continue
+        packages = ", ".join(sorted(package_of(p) for p in points if not _builtin(p)))
+        if any(_builtin(p) for p in points):
+            out[name] = f"the built-in sink {name} is used; {packages} also registers it (ignored)"
+        else:
+            out[name] = (
+                f"sink name {name!r} is registered by several packages ({packages}); "
+                "uninstall all but one of them"
+            )
+    return out
 
 
 def load(name: str) -> type[Sink]:
     eps = entry_point_map()
     if name not in eps:
+        clash = conflicts().get(name)
+        if clash:
+            raise SettingsError("SINKS", clash)
         known = ", ".join(sorted(eps))
         raise SettingsError("SINKS", f"no sink is registered for {name!r}; installed: {known}")
     ep = eps[name]
@@ -44,7 +102,7 @@ def load(name: str) -> type[Sink]:
 def available() -> dict[str, type[Sink] | Exception]:
     """Every registered sink, or the error that stops it loading."""
     found: dict[str, type[Sink] | Exception] = {}
-    for name in sorted(entry_point_map()):
+    for name in sorted({*entry_point_map(), *conflicts()}):
         try:
             found[name] = load(name)
         except SettingsError as err:
@@ -58,7 +116,11 @@ def scheme_of(url: str) -> str:
 
 
 def build_sink(url: str, context: SinkContext) -> Sink:
-    cls = load(scheme_of(url))
+    scheme = scheme_of(url)
+    cls = load(scheme)
+    clash = conflicts().get(scheme)
+    if clash:  # load() refused the ambiguous names: this is a plugin shadowing a built-in
+        log.warning("SINKS: %s", clash)
     try:
         return cls(url, context)
     except SettingsError:

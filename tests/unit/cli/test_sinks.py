@@ -27,7 +27,7 @@ def test_list_sinks_names_every_builtin_with_its_class_and_url_form() -> None:
         assert rows[name]["class"] == cls
         assert rows[name]["error"] == ""
         assert rows[name]["url_help"]
-    assert set(rows["jsonl"]) == {"name", "class", "url_help", "error"}
+    assert set(rows["jsonl"]) == {"name", "package", "class", "url_help", "error", "note"}
 
 
 def test_a_plugin_that_fails_to_import_is_listed_with_its_error(
