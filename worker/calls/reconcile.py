@@ -26,7 +26,8 @@ own if the worker dies. Every worker runs the scheduler thread, so there is
 no extra process to deploy (Celery beat would be one more dyno, and two
 beats during a rolling deploy would need this same guard anyway). A tier's
 last finished run is kept in Redis (``last:<tier>``), in Redis time, so
-workers agree on when it is due again and a failed run is retried at once.
+workers agree on when it is due again; a failed run is tried again after
+the tier's interval or CIRCUIT_PROBE_SECONDS, whichever is shorter.
 
 Rate: each listing request takes a token from the sweeper's own slice
 (RECONCILE_RATE_SHARE of the account's EXOTEL_RATE_LIMIT) and from the
@@ -36,6 +37,7 @@ reserved slots: the sweeper never starves them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -414,6 +416,10 @@ def run_tier(
         redis.set(keys.reconcile(account.name, f"last:{tier}"), f"{started:.3f}")
     except (ExolegsError, RedisError, LockError, InterruptedError) as err:
         _sentry_checkin(settings, slug, "error", minutes, checkin)
+        # Not again at every tick: a wrong token or an Exotel outage would be hammered.
+        pause = min(every(tier, settings), float(settings.circuit_probe_seconds))
+        with contextlib.suppress(RedisError):
+            redis.set(keys.reconcile(account.name, f"pause:{tier}"), "1", ex=max(1, int(pause)))
         reason = err.message if isinstance(err, ExolegsError) else f"{type(err).__name__}: {err}"
         log.warning(
             "reconcile %s (account %s, %s to %s) stopped: %s; it runs again at the next tick",
@@ -452,6 +458,8 @@ def tick(rt: Runtime, *, stop: threading.Event | None = None) -> list[tuple[str,
                 return ran
             if not due(tier, now, last_run(rt.redis, account.name, tier), rt.settings):
                 continue
+            if rt.redis.exists(keys.reconcile(account.name, f"pause:{tier}")):
+                continue  # its last run failed a moment ago
             tally = run_tier(rt, account, tier, stop=stop)
             if tally is not None:
                 ran.append((account.name, tier, tally))

@@ -223,3 +223,46 @@ def test_listing_cost_per_day_at_the_documented_volumes() -> None:
         reconcile.listing_requests_per_day(n, s, busy_hours=10) for n in (1_000, 10_000, 100_000)
     ]
     assert busy == [418, 4_180, 41_800]
+
+
+def test_each_tier_checks_in_to_a_sentry_cron_monitor_when_sentry_is_on(
+    make_rt, sim: Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    import sentry_sdk.crons
+
+    checkins: list[dict[str, Any]] = []
+
+    def capture_checkin(**kwargs: Any) -> str:
+        checkins.append(kwargs)
+        return "checkin-1"
+
+    monkeypatch.setattr(sentry_sdk.crons, "capture_checkin", capture_checkin)
+    quiet = make_rt()
+    reconcile.run_tier(quiet, default(quiet), Tier.RECENT)
+    assert checkins == []  # no SENTRY_DSN, no check-in
+    rt = make_rt(SENTRY_DSN="https://public@o1.ingest.sentry.io/1")
+    rt.redis.delete(keys.reconcile("default", "last:hourly"))
+    reconcile.run_tier(rt, default(rt), Tier.HOURLY)
+    assert [(c["monitor_slug"], c["status"]) for c in checkins] == [
+        ("exolegs-reconcile-default-hourly", "in_progress"),
+        ("exolegs-reconcile-default-hourly", "ok"),
+    ]
+    assert checkins[1]["check_in_id"] == "checkin-1"
+    assert checkins[0]["monitor_config"]["schedule"] == {
+        "type": "interval",
+        "value": 60,
+        "unit": "minute",
+    }
+    sim.mode("unauthorized")
+    reconcile.run_tier(rt, default(rt), Tier.RECENT)
+    assert checkins[-1]["status"] == "error"
+
+
+def test_a_failed_tier_is_not_hammered_at_every_tick(make_rt, sim: Simulator) -> None:  # type: ignore[no-untyped-def]
+    rt = make_rt(CIRCUIT_PROBE_SECONDS="60")
+    sim.mode("unauthorized")
+    first = reconcile.tick(rt)
+    assert {tier for _, tier, _ in first} >= {Tier.RECENT, Tier.HOURLY}
+    listed = sim.total()
+    assert reconcile.tick(rt) == []  # paused after the failure
+    assert sim.total() == listed
