@@ -125,6 +125,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         fail_code=args.fail_code,
         rate_limit=rate,
         accounts=tuple(extra),
+        legs_ready_after=args.legs_ready_after,
     )
     served = ", ".join(
         f"account {a.sid}, key {a.api_key}, token {a.api_token}"
@@ -428,6 +429,13 @@ def parser() -> argparse.ArgumentParser:
         default=10715,
         metavar="CODE",
         help="Exotel error code of those errors",
+    )
+    s.add_argument(
+        "--legs-ready-after",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="answer 500/10743 (legs not ready) until this long after a call ended, e.g. 90",
     )
     s.add_argument(
         "--rate-limit",
