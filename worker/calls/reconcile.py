@@ -414,7 +414,9 @@ def run_tier(
             total.add(tally)
             lock.extend(LOCK_SECONDS, replace_ttl=True)
         redis.set(keys.reconcile(account.name, f"last:{tier}"), f"{started:.3f}")
-    except (ExolegsError, RedisError, LockError, InterruptedError) as err:
+    except InterruptedError:
+        return total  # the worker is shutting down: another one runs the tier
+    except (ExolegsError, RedisError, LockError) as err:
         _sentry_checkin(settings, slug, "error", minutes, checkin)
         # Not again at every tick: a wrong token or an Exotel outage would be hammered.
         pause = min(every(tier, settings), float(settings.circuit_probe_seconds))
