@@ -353,14 +353,15 @@ def _upstream_failed(rt: Runtime, job_id: str, name: str, err: Exception) -> Non
     message = err.message if isinstance(err, ExolegsError) else f"{type(err).__name__}: {err}"
     status = err.upstream_status if isinstance(err, ExolegsError) else None
     code = err.upstream_code if isinstance(err, ExolegsError) else None
-    shown = f"{status}/{code}" if status and code else str(status or "network")
+    shown = f"{status}/{code}" if status and code else str(status or "")
     pipe = rt.redis.pipeline(transaction=False)
     if job.kind == jobs.FETCH:
+        shown = shown or "network"  # no answer from Exotel: a timeout or a connection error
         metrics.count(pipe, metrics.Counter.LEGS_FETCHES, account=job.account, code=shown)
         item = timeline.entry(timeline.Kind.LEGS, "failed", code=shown, message=message)
     else:
         item = timeline.entry(
-            timeline.Kind.DELIVER, "failed", sink=job.sink, code=shown, message=message
+            timeline.Kind.DELIVER, "failed", sink=job.sink, code=shown or None, message=message
         )
     timeline.append(pipe, job.call_sid, item, rt.settings.retention_seconds, job.account)
     try:

@@ -36,7 +36,6 @@ def test_log_in_and_see_the_overview(page: Any, stack: Stack) -> None:
         assert heading in text
     assert "noeviction" in text
     assert page.locator("tr[data-sink=files]").count() == 1
-    page.screenshot(path=str(stack.shots / "overview.png"), full_page=True)
     assert page.errors == []  # no CSP violation, no script error
 
 
@@ -151,3 +150,25 @@ def test_metrics_count_what_was_sent(stack: Stack) -> None:
     accepted = re.search(series, text)
     assert accepted and int(accepted.group(1)) == 4  # the callbacks the tests above sent
     assert 'exolegs_deliveries_total{outcome="delivered",sink="files"}' in text
+
+
+def test_the_overview_counts_what_happened_and_refreshes_itself(page: Any, stack: Stack) -> None:
+    log_in(page, stack)
+
+    def cell(sink: str, n: int) -> str:
+        return str(page.locator(f"tr[data-sink={sink}] td").nth(n).inner_text())
+
+    assert cell("files", 2) == "4"  # ok in the last hour: the 4 calls above
+    assert cell("crm", 2) == "2" and cell("crm", 4) == "3"  # replayed + CAcsrf01; 3 dead
+    assert cell("files", 1) != "never"
+    before = page.inner_text(".hint:last-child")
+    stack.callback("CArefresh01")
+    wait_for(lambda: delivered_to_files(stack, "CArefresh01"), timeout=30)
+    # htmx swaps the overview in place every 5 s: no reload, the new call counted
+    page.wait_for_function(
+        "() => document.querySelector('tr[data-sink=files] td:nth-child(3)').innerText === '5'",
+        timeout=15000,
+    )
+    assert page.inner_text(".hint:last-child") != before
+    page.screenshot(path=str(stack.shots / "overview.png"), full_page=True)
+    assert page.errors == []

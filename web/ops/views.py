@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from datetime import UTC, datetime
@@ -134,6 +135,12 @@ def duration(seconds: float | None) -> str:
     if s < 7200:
         return f"{s / 60:.0f} min"
     return f"{s / 3600:.1f} h"
+
+
+@bp.app_template_filter("pretty")
+def pretty(value: Any) -> str:
+    """Indented JSON with its characters as they are (the masking dots, names in any script)."""
+    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=str)
 
 
 @bp.app_template_filter("sparkline")

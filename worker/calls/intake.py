@@ -318,7 +318,11 @@ def call_summary(redis: Redis, call_sid: str, account: str = DEFAULT_ACCOUNT) ->
     received = fields.get("received_at")
     return {
         "received_at": float(received) if received else None,
-        "events": sorted(k.removeprefix("seen:") for k in fields if k.startswith("seen:")),
+        "events": sorted(
+            k.removeprefix("seen:").removeprefix(f"{call_sid}:")
+            for k in fields
+            if k.startswith("seen:")
+        ),
         "direction": fields.get("direction"),
         "callbacks": callbacks,
     }
