@@ -155,7 +155,8 @@ def banner(
     ``ops_password``: the console's dev password, made by dev, printed too.
     """
     shown = _banner_host(host)
-    callback = f"http://{shown}:{settings.port}/exotel/callback/{settings.callback_tokens[0]}"
+    tokens = [token for token, _, _ in settings.token_accounts]
+    callback = f"http://{shown}:{settings.port}/exotel/callback/{tokens[0]}"
     sinks = ", ".join(mask_url(s) for s in settings.sinks)
     delay, cli = settings.fetch_delay_seconds, ".venv/bin/exolegs"
     text = f"""
@@ -176,7 +177,15 @@ exolegs dev: serving on http://{shown}:{settings.port}  (sinks: {sinks})
   In a second terminal here, {cli} check, dead list, fetch and sinks check reach this instance.
   Ctrl-C stops everything.
 """
-    shown_secrets = {*settings.callback_tokens, ops_password}
+    if len(settings.all_accounts) > 1:
+        urls = "".join(
+            f"\n    account {a.name}: http://{shown}:{settings.port}/exotel/callback/"
+            f"{a.callback_tokens[0]}"
+            for a in settings.all_accounts
+            if a.callback_tokens
+        )
+        text += f"  Each account has its own callback URL:{urls}\n"
+    shown_secrets = {*tokens, ops_password}
     return scrub(text, [s for s in settings.secrets() if s not in shown_secrets])
 
 
@@ -190,7 +199,7 @@ def run_dev(*, simulate: bool = False, host: str = "127.0.0.1") -> int:
     env["REDIS_URL"] = url
     if redis_handle is not None:
         chosen["REDIS_URL"] = url
-    if not settings.callback_tokens:
+    if not settings.any_callback_token:
         chosen["CALLBACK_TOKEN"] = dev_token()
     if not settings.ops_enabled:
         chosen["OPS_PASSWORD"] = dev_password(VAR)
@@ -198,7 +207,7 @@ def run_dev(*, simulate: bool = False, host: str = "127.0.0.1") -> int:
         if name not in explicit:
             chosen[name] = value
     sim = None
-    if simulate or not settings.exotel_configured:
+    if simulate or not any(a.configured for a in settings.all_accounts):
         from worker.calls.simulator import SimulatorConfig, start_in_thread
 
         config = SimulatorConfig(callbacks=_stored_callbacks(url))
