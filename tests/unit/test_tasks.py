@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -252,6 +254,8 @@ def test_a_sink_that_keeps_failing_is_parked_behind_its_circuit(make_rt) -> None
 
 
 def test_closing_a_circuit_releases_every_parked_job_at_once(make_rt) -> None:  # type: ignore[no-untyped-def]
+    from worker.jobs.circuit import RELEASE_SPACING
+
     rt = make_rt()
     circuit = rt.circuit("exotel:exotel_sim")
     circuit.open("401/1010")
@@ -260,5 +264,10 @@ def test_closing_a_circuit_releases_every_parked_job_at_once(make_rt) -> None:  
         circuit.park(f"fetch:p{n}")
     assert circuit.close(rt.book) == 5
     assert not circuit.is_open()
-    assert len(rt.book.claim()) == 5  # all due now
+    due = sorted(score for _, score in rt.redis.zrange(rt.book.key, 0, -1, withscores=True))
+    # due now, one every RELEASE_SPACING: a few at a time, not one wall of messages
+    assert due[0] <= time.time() + 0.01
+    assert all(abs(b - a - RELEASE_SPACING) < 1e-3 for a, b in itertools.pairwise(due))
+    time.sleep(5 * RELEASE_SPACING)
+    assert len(rt.book.claim()) == 5  # all due
     assert circuit.close(rt.book) == 0  # closing a closed circuit does nothing

@@ -24,10 +24,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("exolegs.circuit")
 
 PROBE_INTERVAL = 60
+#: Seconds between two released jobs when a circuit closes: 100 a second, far
+#: above any upstream's rate limit, yet never a burst that holds up other work.
+RELEASE_SPACING = 0.01
 
 # KEYS: circuit, parked set, probe, shouted, failures, jobs, open-circuits set.
-# ARGV: name. Returns how many parked jobs were released, or -1 when the
-# circuit was not open.
+# ARGV: name, spacing. Returns how many parked jobs were released, or -1 when
+# the circuit was not open. The released jobs come due one every ``spacing``
+# seconds from now, so the pump hands them over a few at a time, between
+# other upstreams' work, instead of in one wall of messages.
 _CLOSE = """
 redis.call('SREM', KEYS[7], ARGV[1])
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
@@ -35,7 +40,9 @@ local parked = redis.call('SMEMBERS', KEYS[2])
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-for _, id in ipairs(parked) do redis.call('ZADD', KEYS[6], 'XX', now, id) end
+for i, id in ipairs(parked) do
+  redis.call('ZADD', KEYS[6], 'XX', now + (i - 1) * tonumber(ARGV[2]), id)
+end
 return #parked
 """
 
@@ -78,7 +85,10 @@ class Circuit:
         return bool(self.redis.set(f"{self.key}:shouted", "1", nx=True, ex=60))
 
     def close(self, book: JobBook) -> int:
-        """Close after a successful probe; parked jobs become due now.
+        """Close after a successful probe; parked jobs become due from now on.
+
+        They come due RELEASE_SPACING apart (1000 parked jobs over 10 s), so
+        a long outage's backlog does not crowd out other accounts and sinks.
 
         The circuit goes first and the release after, in one Lua call, so no
         released job can start, still see the circuit open and park again.
@@ -93,7 +103,7 @@ class Circuit:
                 book.key,
                 keys.CIRCUITS,
             ],
-            args=[self.name],
+            args=[self.name, RELEASE_SPACING],
         )
         released = int(raw)
         if released >= 0:
