@@ -1096,7 +1096,7 @@ def sink_hang(calls: int, quick: bool, keep: bool) -> Result:
 
     A down host often looks like this rather than a quick 503: every delivery
     to it holds a worker slot until a timeout. The JSONL sinks must still not
-    wait for it (DESIGN.md: a sink that is down never delays the others).
+    wait for it (a sink that is down never delays the others).
     The lease is 40 s here, so that, as in production (120 s), the webhook
     sink's own 15 s timeout ends a hung delivery before the soft time limit
     (half the lease) does.

@@ -17,7 +17,7 @@ bind=...)`` with the same settings. Then:
 Each callback is a ~600-byte v1 form body with flattened ``Legs[n][...]``
 keys and a unique CallSid; one in three is an ``answered`` event (stored,
 no fetch), the rest terminal (completed, no-answer, busy, failed).
-DESIGN.md goals: ours/baseline >= 0.5; p99 < 10 ms at half our max.
+Goals: ours/baseline >= 0.5; p99 < 10 ms at half our max.
 """
 
 # Run as a script, sys.path[0] would be bench/, and bench/worker.py would hide

@@ -19,7 +19,7 @@ In one run, against one private redis-server (the broker and the state):
 Each worker is warmed up (2 x concurrency calls or tasks) before the clock
 starts at the first booking/publish. Runs alternate baseline, ours (``--rounds``
 pairs), each with a fresh worker process and a flushed Redis.
-DESIGN.md goal: calls/s >= 0.5 x no-op tasks/s.
+Goal: calls/s >= 0.5 x no-op tasks/s.
 """
 
 # Run as a script, sys.path[0] would be bench/, and this file would hide the

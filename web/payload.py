@@ -1,7 +1,9 @@
 """Decode a raw callback request into one flat field dict, without Flask.
 
 Exotel sends the same callback as a form POST, a multipart POST, a JSON POST
-or a bare GET query string (``research/exotel-api.md`` §1), so the edge
+or a bare GET query string (https://developer.exotel.com/api/statuscallback,
+https://support.exotel.com/support/solutions/articles/48283-working-with-passthru-applet,
+https://developer.exotel.com/api/ccm-make-call-agent-connecting-to-a-number), so the edge
 accepts all of them and hands :func:`worker.calls.callbacks.event_from_fields` one
 shape. Taking plain values (content type, body bytes, query pairs) keeps this
 fast, testable and independent of the web framework.

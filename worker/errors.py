@@ -84,7 +84,8 @@ _CLASSES: dict[Kind, type[ExolegsError]] = {
     Kind.PERMANENT: PermanentError,
 }
 
-# Exotel's documented Call Legs API errors (research/exotel-api.md §3), keyed by
+# Exotel's documented Call Legs API errors (https://developer.exotel.com/api/call-legs-beta,
+# https://developer.exotel.com/api/rate-limits), keyed by
 # (HTTP status, error_data.code). A code of None is the bare HTTP status.
 EXOTEL_CODES: dict[tuple[int, int | None], Rule] = {
     (500, 10743): Rule(Kind.TRANSIENT, "legs not found (not ready yet)", "retrying with backoff"),

@@ -1,7 +1,7 @@
 """Turn the fields of any Exotel callback into one normalised :class:`CallbackEvent`.
 
-Exotel reaches the same URL with several unrelated shapes (see
-``research/exotel-api.md`` §1): the v1 StatusCallback, Passthru and
+Exotel reaches the same URL with several unrelated shapes (docs/exotel.md
+summarises them, with Exotel's pages): the v1 StatusCallback, Passthru and
 Connect-applet GETs, and the CCM ``status_callback``. The web edge and the
 worker must agree on which of them end a call, so the rule lives here, pure
 and without Flask, and both sides import it.

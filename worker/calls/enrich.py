@@ -7,7 +7,7 @@ defensively: an odd value becomes null in the record, never an exception. The
 one exception is `leg_details_of`, because a body without leg details means the
 fetch itself went wrong and retrying the enrichment cannot fix it.
 
-Decisions the contract (DESIGN.md) leaves open, made here:
+Decisions the record's contract (docs/schema/call.v1.json) leaves open, made here:
 
 - Times: Exotel sends ``2020-09-15 11:01:20+05:30``; the record keeps the
   instant and its offset (``2020-09-15T11:01:20+05:30``). A time without an

@@ -1,7 +1,7 @@
 """A local fake of Exotel's v3 Call Legs API, for demos, tests and benchmarks.
 
 ``GET /v3/accounts/<sid>/calls/<call_sid>/legs`` answers like Exotel does
-(research/exotel-api.md §3, §4): the success envelope with ``leg_details``, or
+(https://developer.exotel.com/api/call-legs-beta): the success envelope with ``leg_details``, or
 the v3 error envelope with ``error_data`` for the documented errors. Both
 regions use the same path (the region is only the host), so one simulator
 stands in for either.

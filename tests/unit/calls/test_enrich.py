@@ -223,8 +223,8 @@ def test_docs_example_builds_as_outbound_click_to_call() -> None:
 
 
 def test_docs_example_without_direction_follows_the_group_key_rule() -> None:
-    """Pinned on purpose: the docs' `to` leg carries null group keys, so DESIGN's
-    rule makes it the agents' side even though Exotel named it "Customer"."""
+    """Pinned on purpose: the docs' `to` leg carries null group keys, so the group-key
+    rule (worker/calls/enrich.py) makes it the agents' side though Exotel named it "Customer"."""
     legs = leg_details_of(load("legs_docs_example.json"))
     record = build(legs, None)
     assert record["direction"] == "inbound"
