@@ -237,3 +237,35 @@ def test_every_quoted_log_line_matches_a_format_in_the_code(line: str) -> None:
     assert any(p.fullmatch(message) for p in code_log_formats()), (
         f"docs/operations.md quotes a log line no code prints: {line}"
     )
+
+
+# ---------------------------------------------------------------- changelog
+def test_changelog_keeps_a_changelog_at_the_project_version() -> None:
+    import tomllib
+
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    text = (ROOT / "CHANGELOG.md").read_text()
+    releases = re.findall(r"^## \[([^\]]+)\](?: - (\d{4}-\d\d-\d\d))?$", text, re.MULTILINE)
+    assert releases[0] == ("Unreleased", "")
+    assert releases[1][0] == version and releases[1][1], "the newest release is pyproject's"
+    for section in re.findall(r"^### (.+)$", text, re.MULTILINE):
+        assert section in {"Added", "Changed", "Deprecated", "Removed", "Fixed", "Security"}
+
+
+def test_nothing_points_outside_the_repository() -> None:
+    files = [
+        *PAGES,
+        ROOT / "CHANGELOG.md",
+        *ROOT.glob("worker/**/*.py"),
+        *ROOT.glob("web/**/*.py"),
+        *ROOT.glob("bench/*.py"),
+        *ROOT.glob("tests/**/*.py"),
+        *ROOT.glob("tests/**/*.md"),
+    ]
+    this = Path(__file__)
+    found = [
+        rel(f)
+        for f in files
+        if f != this and re.search(r"DESIGN\.md|\bresearch/|/work/shared", f.read_text())
+    ]
+    assert not found, f"these refer to files outside the repository: {found}"
