@@ -82,10 +82,10 @@ class DeliveryOutcome(StrEnum):
 
 
 HELP: dict[Counter, str] = {
-    Counter.CALLBACKS: "Callbacks received, by outcome.",
+    Counter.CALLBACKS: "Callbacks accepted, by account and outcome (refused ones by outcome).",
     Counter.LEGS_FETCHES: "Exotel legs API requests, by account and upstream HTTP status/code.",
-    Counter.DELIVERIES: "Delivery attempts, by sink and outcome.",
-    Counter.DEAD_LETTERS: "Jobs dead-lettered, by sink ('legs' for the legs fetch).",
+    Counter.DELIVERIES: "Delivery attempts, by account, sink and outcome.",
+    Counter.DEAD_LETTERS: "Jobs dead-lettered, by account and sink ('legs' for the legs fetch).",
     Counter.RECONCILE_LISTED: "Calls listed by reconciliation, by account and tier.",
     Counter.RECONCILE_MISSING: "Calls reconciliation found never seen and booked, by tier.",
     Counter.E2E: "Seconds from a call's first callback to its delivery to the last sink.",

@@ -378,13 +378,15 @@ def report(rt: Runtime, job: JobId, outcome: jobs.Outcome) -> None:
     pipe = rt.redis.pipeline(transaction=False)
     if job.kind == jobs.DELIVER and outcome is not Outcome.UNAVAILABLE:
         delivery = metrics.DeliveryOutcome(str(outcome))
-        metrics.count(pipe, metrics.Counter.DELIVERIES, sink=job.sink, outcome=delivery)
+        metrics.count(
+            pipe, metrics.Counter.DELIVERIES, sink=job.sink, outcome=delivery, account=job.account
+        )
     if outcome is Outcome.UNAVAILABLE:
         item = timeline.entry(timeline.Kind.LEGS, "unavailable", message="record from the callback")
         timeline.append(pipe, job.call_sid, item, rt.settings.retention_seconds, job.account)
     if outcome is Outcome.DEAD:
         sink = job.sink if job.kind == jobs.DELIVER else "legs"
-        metrics.count(pipe, metrics.Counter.DEAD_LETTERS, sink=sink)
+        metrics.count(pipe, metrics.Counter.DEAD_LETTERS, sink=sink, account=job.account)
         letter = rt.dead.get(str(job))
         item = timeline.entry(
             timeline.Kind.DEAD,

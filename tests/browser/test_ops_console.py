@@ -149,7 +149,7 @@ def test_metrics_count_what_was_sent(stack: Stack) -> None:
     series = r'exolegs_callbacks_total\{account="default",outcome="accepted"\} (\d+)'
     accepted = re.search(series, text)
     assert accepted and int(accepted.group(1)) == 4  # the callbacks the tests above sent
-    assert 'exolegs_deliveries_total{outcome="delivered",sink="files"}' in text
+    assert 'exolegs_deliveries_total{account="default",outcome="delivered",sink="files"}' in text
 
 
 def test_the_overview_counts_what_happened_and_refreshes_itself(page: Any, stack: Stack) -> None:

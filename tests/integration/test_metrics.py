@@ -73,7 +73,8 @@ def test_totals_equal_what_was_sent_whichever_process_answers(
             if re.fullmatch(rf'exolegs_legs_fetches_total\{{account="{account}",code="200"\}}', k)
         ]
         assert fetched == [CALLS]
-        assert totals['exolegs_deliveries_total{outcome="delivered",sink="jsonl"}'] == CALLS
+        delivered = 'exolegs_deliveries_total{account="default",outcome="delivered",sink="jsonl"}'
+        assert totals[delivered] == CALLS
         assert totals["exolegs_callback_to_last_sink_seconds_count"] == CALLS
         assert totals['exolegs_callback_to_last_sink_seconds_bucket{le="+Inf"}'] == CALLS
         assert totals["exolegs_jobs_booked"] == 0

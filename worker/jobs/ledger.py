@@ -163,7 +163,9 @@ def mark_delivered(
         ],
         args=[
             sink_name,
-            metrics.series(metrics.Counter.DELIVERIES, sink=sink_name, outcome=outcome),
+            metrics.series(
+                metrics.Counter.DELIVERIES, sink=sink_name, outcome=outcome, account=account
+            ),
             retention_seconds,
             timeline.dumps(item),
             timeline.CAP,
@@ -222,7 +224,9 @@ def deliver_once(
     prior = raw.decode() if isinstance(raw, bytes) else str(raw)
     if prior and not prior.startswith(PENDING) and not force:
         already = metrics.DeliveryOutcome.ALREADY
-        metrics.incr(redis, metrics.Counter.DELIVERIES, sink=sink.name, outcome=already)
+        metrics.incr(
+            redis, metrics.Counter.DELIVERIES, sink=sink.name, outcome=already, account=account
+        )
         return False
     if prior.startswith(PENDING) and not force and not sink.native_idempotency:
         # An earlier attempt died mid-delivery: ask the destination before writing again.
