@@ -259,7 +259,9 @@ def call_upstream(
                 _trip(circuit, job_id, reason, shout=shout)
         raise
     if probing:
-        circuit.close(rt.book)
+        # The parked work comes due at the pace the upstream's rate limit lets
+        # it run anyway, so its release never crowds out other accounts' work.
+        circuit.close(rt.book, spacing=rate.period / rate.count if rate else None)
     elif name.startswith("sink:"):
         circuit.succeeded()
     return result

@@ -271,3 +271,25 @@ def test_closing_a_circuit_releases_every_parked_job_at_once(make_rt) -> None:  
     time.sleep(5 * RELEASE_SPACING)
     assert len(rt.book.claim()) == 5  # all due
     assert circuit.close(rt.book) == 0  # closing a closed circuit does nothing
+
+
+def test_parked_fetches_come_back_at_the_accounts_rate(make_rt) -> None:  # type: ignore[no-untyped-def]
+    rt = make_rt(EXOTEL_RATE_LIMIT="10/second")
+    accept(rt, "first")
+    run_due(rt)  # a working probe closes the circuit from inside call_upstream
+    circuit = rt.circuit("exotel:exotel_sim")
+    circuit.open("401/1010")
+    circuit.try_probe()  # the probe's turn has passed: the next job is the probe again
+    rt.redis.delete(f"{circuit.key}:probe")
+    for n in range(4):
+        rt.book.schedule(f"fetch:q{n}", delay=3600)
+        circuit.park(f"fetch:q{n}")
+    accept(rt, "probe")
+    assert "done" in run_due(rt)  # the probe works and closes the circuit
+    assert not circuit.is_open()
+    due = sorted(
+        score
+        for job, score in rt.redis.zrange(rt.book.key, 0, -1, withscores=True)
+        if job.startswith(b"fetch:q")
+    )
+    assert all(abs(b - a - 0.1) < 1e-3 for a, b in itertools.pairwise(due))

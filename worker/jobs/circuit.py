@@ -24,8 +24,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("exolegs.circuit")
 
 PROBE_INTERVAL = 60
-#: Seconds between two released jobs when a circuit closes: 100 a second, far
-#: above any upstream's rate limit, yet never a burst that holds up other work.
+#: The least time between two released jobs when a circuit closes: 100 a second,
+#: never a burst that holds up other work (an upstream's rate may space them more).
 RELEASE_SPACING = 0.01
 
 # KEYS: circuit, parked set, probe, shouted, failures, jobs, open-circuits set.
@@ -84,11 +84,12 @@ class Circuit:
         self.redis.set(f"{self.key}:probe", "1", nx=True, ex=self.probe_interval)
         return bool(self.redis.set(f"{self.key}:shouted", "1", nx=True, ex=60))
 
-    def close(self, book: JobBook) -> int:
+    def close(self, book: JobBook, *, spacing: float | None = None) -> int:
         """Close after a successful probe; parked jobs become due from now on.
 
-        They come due RELEASE_SPACING apart (1000 parked jobs over 10 s), so
-        a long outage's backlog does not crowd out other accounts and sinks.
+        They come due ``spacing`` seconds apart (the upstream's rate, when it
+        has one), at least RELEASE_SPACING apart (1000 parked jobs over 10 s),
+        so a long outage's backlog does not crowd out other accounts and sinks.
 
         The circuit goes first and the release after, in one Lua call, so no
         released job can start, still see the circuit open and park again.
@@ -103,7 +104,7 @@ class Circuit:
                 book.key,
                 keys.CIRCUITS,
             ],
-            args=[self.name, RELEASE_SPACING],
+            args=[self.name, max(RELEASE_SPACING, spacing or 0.0)],
         )
         released = int(raw)
         if released >= 0:
