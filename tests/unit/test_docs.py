@@ -269,3 +269,34 @@ def test_nothing_points_outside_the_repository() -> None:
         if f != this and re.search(r"DESIGN\.md|\bresearch/|/work/shared", f.read_text())
     ]
     assert not found, f"these refer to files outside the repository: {found}"
+
+
+# --------------------------------------------------------------- Redis keys
+def code_key_families() -> set[str]:
+    """``exolegs:<family>`` for every key name the code builds."""
+    found: set[str] = set()
+    for path in [*ROOT.glob("worker/**/*.py"), *ROOT.glob("web/**/*.py")]:
+        text = path.read_text()
+        found |= set(
+            re.findall(
+                r"\{(?:PREFIX|keys\.namespace\([a-z_]*\)|namespace\([a-z_]*\))\}:([a-z][a-z_-]*)",
+                text,
+            )
+        )
+        found |= set(re.findall(r"[\"'`]exolegs:([a-z][a-z_-]*)", text))
+    # worker/metrics.py builds its own under PREFIX = "exolegs:metrics"
+    return {f for f in found if f not in {"no-queue", "totals", "m", "h", "latency", "pumps"}}
+
+
+def documented_key_families() -> set[str]:
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    section = text[text.index("## Redis keys") :]
+    section = section[: section.index("\n## ", 3)]
+    rows = [line.split("|")[1] for line in section.splitlines() if line.startswith("| `")]
+    return {f for row in rows for f in re.findall(r"`exolegs:([a-z][a-z_-]*)", row)}
+
+
+def test_every_redis_key_family_is_in_architecture_md_and_exists() -> None:
+    code, docs = code_key_families(), documented_key_families()
+    assert not code - docs, f"docs/architecture.md does not list exolegs:{sorted(code - docs)}"
+    assert not docs - code, f"docs/architecture.md lists exolegs:{sorted(docs - code)}, unused"
