@@ -6,14 +6,15 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 # uv (from PyPI, into .venv like everything else) installs in seconds what pip
-# takes a minute for. `make run UV=` installs with pip alone, e.g. where only a
-# pip.conf index is reachable.
+# takes a minute for; where it cannot be installed, pip does the work. `make run
+# UV=` installs with pip alone, e.g. where only a pip.conf index is reachable.
 UV     ?= uv
 PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check
+UV_PIP := $(BIN)/python -m uv pip install --quiet --python $(BIN)/python
 ifeq ($(UV),)
 INSTALL := $(PIP)
 else
-INSTALL := $(BIN)/python -m uv pip install --quiet --python $(BIN)/python
+INSTALL := $$($(BIN)/python -m uv --version >/dev/null 2>&1 && echo '$(UV_PIP)' || echo '$(PIP)')
 endif
 RUN_STAMP  := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
@@ -24,12 +25,12 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(RUN_STAMP): pyproject.toml | $(BIN)/python
-	$(if $(UV),$(PIP) 'uv>=0.5')
-	$(INSTALL) -e '.[embedded]'
+	$(if $(UV),-$(PIP) 'uv>=0.5')
+	@install="$(INSTALL)"; set -x; $$install -e '.[embedded]'
 	@touch $@
 
 $(TEST_STAMP): pyproject.toml tests/plugin_example/pyproject.toml $(RUN_STAMP)
-	$(INSTALL) -e '.[dev]' -e tests/plugin_example
+	@install="$(INSTALL)"; set -x; $$install -e '.[dev]' -e tests/plugin_example
 	@touch $@
 
 venv-run: $(RUN_STAMP)
