@@ -17,11 +17,23 @@ same applies to every request on a kept-alive connection.
 Connections still count against ``worker_connections`` (1000 per process),
 which bounds memory: a buffered request is at most ``MAX_HEAD_BYTES`` plus the
 body limit.
+
+It also spreads connections evenly over the worker processes. All of them
+wait on the one listening socket and whichever wakes first accepts; the one
+that just accepted tends to win again, so 16 keep-alive connections opened
+together often all landed on one process, which then ran out of its one core
+(the GIL) while the other idled: throughput halved for as long as the
+connections lived. Now each process publishes its number of open connections
+in memory shared by the workers (:class:`Placement`), and a process with more
+than :data:`PLACEMENT_SLACK` above the least loaded one stops accepting until
+the others catch up.
 """
 
 from __future__ import annotations
 
 import errno
+import multiprocessing
+import os
 import re
 import selectors
 import socket
@@ -44,10 +56,72 @@ _TIMEOUT_ANSWER = (
 )
 
 
-def buffering_worker(max_body_bytes: int) -> type[BufferingThreadWorker]:
-    """The worker class for an app whose bodies are at most ``max_body_bytes``."""
+#: How many more open connections than the least loaded process a process may hold.
+PLACEMENT_SLACK = 1
+#: A process that has not reported for this long is gone (or stuck) and not waited for.
+PLACEMENT_STALE_SECONDS = 2.5
+#: How often a process that holds back looks again whether it may accept.
+PLACEMENT_RECHECK_SECONDS = 0.02
+
+
+class Placement:
+    """Each worker process's open connections, in shared memory made before the fork.
+
+    One slot per process: its pid, its connection count and when it last
+    reported (``time.monotonic``, the same clock in every process). Two
+    processes may each see the other's count a moment late and both hold
+    back; each looks again every :data:`PLACEMENT_RECHECK_SECONDS`, so that
+    lasts no longer.
+    """
+
+    def __init__(self, slots: int) -> None:
+        self.pids = multiprocessing.RawArray("q", slots)
+        self.conns = multiprocessing.RawArray("q", slots)
+        self.beats = multiprocessing.RawArray("d", slots)
+        self.lock = multiprocessing.Lock()
+
+    def claim(self, pid: int) -> int | None:
+        """A slot for ``pid``: a free one, or one whose process has stopped reporting."""
+        now = time.monotonic()
+        with self.lock:
+            for index in range(len(self.pids)):
+                stale = now - self.beats[index] > PLACEMENT_STALE_SECONDS
+                if self.pids[index] in (0, pid) or stale:
+                    self.pids[index], self.conns[index], self.beats[index] = pid, 0, now
+                    return index
+        return None
+
+    def report(self, index: int, conns: int) -> bool:
+        """Publish this process's count; True when it may accept another connection."""
+        now = time.monotonic()
+        self.conns[index] = conns
+        self.beats[index] = now
+        fewest = min(
+            (
+                self.conns[i]
+                for i in range(len(self.pids))
+                if self.pids[i] and now - self.beats[i] <= PLACEMENT_STALE_SECONDS
+            ),
+            default=conns,
+        )
+        return conns <= fewest + PLACEMENT_SLACK
+
+    def release(self, index: int) -> None:
+        with self.lock:
+            self.pids[index], self.conns[index], self.beats[index] = 0, 0, 0.0
+
+
+def buffering_worker(max_body_bytes: int, processes: int = 1) -> type[BufferingThreadWorker]:
+    """The worker class for an app whose bodies are at most ``max_body_bytes``.
+
+    Call it in gunicorn's master, before the workers are forked: the
+    :class:`Placement` it makes is shared by every worker (and replacements).
+    """
+    placement = Placement(max(4, processes * 4)) if processes > 1 else None
     return type(
-        "BufferingThreadWorker", (BufferingThreadWorker,), {"body_limit": max_body_bytes + 1}
+        "BufferingThreadWorker",
+        (BufferingThreadWorker,),
+        {"body_limit": max_body_bytes + 1, "placement": placement},
     )
 
 
@@ -79,10 +153,45 @@ class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]
 
     #: The most body worth buffering: the app's limit plus its one-byte overflow probe.
     body_limit = 64 * 1024 + 1
+    #: Shared with the other workers; None with a single worker process.
+    placement: Placement | None = None
+    _slot: int | None = None
+    _connection_limit = 1000
 
     def init_process(self) -> None:
         self.reading: dict[int, TConn] = {}
+        if self.placement is not None:
+            self._slot = self.placement.claim(os.getpid())
         super().init_process()
+
+    @property
+    def worker_connections(self) -> int:
+        """gthread's run loop accepts while ``nr_conns < worker_connections``.
+
+        Read once per loop turn, so it is where this process reports its
+        connections and, when it holds more than its share, stops accepting.
+        """
+        if self._slot is None or self.placement is None or not self.alive:
+            return self._connection_limit
+        if self.placement.report(self._slot, self.nr_conns):
+            return self._connection_limit
+        return min(int(self.nr_conns), self._connection_limit)
+
+    @worker_connections.setter
+    def worker_connections(self, value: int) -> None:
+        self._connection_limit = value
+
+    def wait_for_and_dispatch_events(self, timeout: float) -> None:
+        """While holding back (over its share), look again every few milliseconds."""
+        held = self._slot is not None and not self._accepting and self.alive
+        super().wait_for_and_dispatch_events(PLACEMENT_RECHECK_SECONDS if held else timeout)
+
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:
+            if self._slot is not None and self.placement is not None:
+                self.placement.release(self._slot)
 
     # ------------------------------------------------------------ reading
     def accept(self, listener: socket.socket) -> None:
@@ -123,8 +232,12 @@ class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]
         except OSError:
             self._drop(conn)
             return
-        if not data:
-            self._drop(conn)  # the client went away
+        if not data:  # the client closed its side
+            if conn.prebuffer:  # what it sent is all there is: let gunicorn and the app judge it
+                self._stop_reading(conn)
+                self.enqueue_req(conn)
+            else:
+                self._drop(conn)
             return
         conn.prebuffer += data
         if request_complete(conn.prebuffer, self.body_limit):

@@ -75,7 +75,9 @@ def gunicorn_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "workers": settings.web_concurrency,
         # gthread, but a thread gets a connection only once its request is complete:
         # slow clients cost a socket each, never a thread (web/gthread.py).
-        "worker_class": buffering_worker(settings.max_body_bytes),
+        "worker_class": buffering_worker(
+            settings.max_body_bytes, int(overrides.get("workers", settings.web_concurrency))
+        ),
         "threads": 4,
         "timeout": 20,
         "graceful_timeout": 20,

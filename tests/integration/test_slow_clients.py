@@ -155,3 +155,56 @@ def test_a_stalled_request_still_completes_when_the_client_resumes(web: str) -> 
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
     assert b'"call_sid":"resumed1"' in answer
+
+
+# ------------------------------------------------------- connection placement
+def _established_inodes(port: int) -> set[str]:
+    """Inodes of the server side of established TCP connections on ``port`` (IPv4)."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local_port = int(fields[1].rsplit(":", 1)[1], 16)
+        if local_port == port and fields[3] == "01":
+            inodes.add(fields[9])
+    return inodes
+
+
+def _connections_per_worker(master: int, port: int) -> list[int]:
+    inodes = _established_inodes(port)
+    counts = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            if ppid != master:
+                continue
+            links = [os.readlink(fd) for fd in (stat.parent / "fd").iterdir()]
+        except OSError:
+            continue
+        counts.append(sum(1 for link in links if link[8:-1] in inodes))
+    return sorted(counts, reverse=True)
+
+
+def test_keep_alive_connections_are_spread_evenly_over_the_workers(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """They used to land mostly on one process (often all 16), halving throughput."""
+    from tests.support.processes import start_web
+
+    port = free_port()
+    web = start_web({**env, "WEB_CONCURRENCY": "2"}, tmp_path / "web.log", port)
+    try:
+        master = web.proc.pid
+        wait_for(lambda: len(_connections_per_worker(master, port)) == 2, timeout=10)
+        for _ in range(5):
+            socks = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(16)]
+            for sock in socks:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            for sock in socks:
+                assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+            split = _connections_per_worker(master, port)
+            assert sum(split) == 16 and split[0] - split[-1] <= 2, split
+            for sock in socks:
+                sock.close()
+            time.sleep(0.2)
+    finally:
+        web.stop()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from web.gthread import MAX_HEAD_BYTES, request_complete
+from web.gthread import MAX_HEAD_BYTES, PLACEMENT_STALE_SECONDS, Placement, request_complete
 
 LIMIT = 64 * 1024 + 1
 FORM = b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Type: application/x-www-form-urlencoded\r\n"
@@ -32,3 +32,37 @@ FORM = b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Type: application/x-www-form-url
 )
 def test_request_complete(data: bytes, complete: bool) -> None:
     assert request_complete(data, LIMIT) is complete
+
+
+def test_placement_lets_only_the_least_loaded_processes_accept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [100.0]
+    monkeypatch.setattr("web.gthread.time.monotonic", lambda: now[0])
+    placement = Placement(4)
+    one, two = placement.claim(1001), placement.claim(1002)
+    assert one is not None and two is not None and one != two
+    assert placement.claim(1001) == one  # the same process keeps its slot
+    assert placement.report(one, 0) and placement.report(two, 0)
+    assert placement.report(one, 1)  # one above the least loaded: still fine
+    assert not placement.report(one, 2)  # two above one that accepts: wait for it
+    assert placement.report(two, 1)
+    assert placement.report(one, 2)
+
+
+def test_placement_forgets_a_process_that_stopped_reporting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [100.0]
+    monkeypatch.setattr("web.gthread.time.monotonic", lambda: now[0])
+    placement = Placement(4)
+    one, two = placement.claim(1001), placement.claim(1002)
+    assert one is not None and two is not None
+    assert placement.report(two, 0)
+    assert not placement.report(one, 40)  # two has far fewer
+    now[0] += PLACEMENT_STALE_SECONDS + 1  # two was killed and reports no more
+    assert placement.report(one, 40)
+    three = placement.claim(1003)
+    assert three is not None and three != one  # a free slot, or the silent process's
+    placement.release(one)
+    assert placement.pids[one] == 0
