@@ -564,7 +564,11 @@ class Run:
 
     def broker_messages(self) -> tuple[int, int, int]:
         """(messages still queued, unacked messages held for a restore, messages with an ETA)."""
-        queued = [m for key in self.redis.keys("exolegs*") if self.redis.type(key) == b"list"
+        # The broker's queue lists only ("exolegs" and kombu's priority lists
+        # "exolegs\x06\x16<n>"), not other lists such as the metrics' latencies.
+        queued = [m for key in self.redis.keys("exolegs*")
+                  if (key == b"exolegs" or key.startswith(b"exolegs\x06\x16"))
+                  and self.redis.type(key) == b"list"
                   for m in self.redis.lrange(key, 0, -1)]  # fmt: skip
         unacked = [json.loads(v)[0] for v in self.redis.hvals("unacked")]
         with_eta = 0
