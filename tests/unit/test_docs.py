@@ -300,3 +300,14 @@ def test_every_redis_key_family_is_in_architecture_md_and_exists() -> None:
     code, docs = code_key_families(), documented_key_families()
     assert not code - docs, f"docs/architecture.md does not list exolegs:{sorted(code - docs)}"
     assert not docs - code, f"docs/architecture.md lists exolegs:{sorted(docs - code)}, unused"
+
+
+def test_exotel_md_lists_every_error_the_code_classifies() -> None:
+    from worker.errors import EXOTEL_CODES
+
+    text = (ROOT / "docs" / "exotel.md").read_text()
+    rows = set(re.findall(r"^\| (\d{3}) / (\d+) \|", text, re.MULTILINE))
+    coded = {(str(status), str(code)) for status, code in EXOTEL_CODES if code is not None}
+    assert coded == rows, (
+        f"docs/exotel.md's error table differs from worker/errors.py: {coded ^ rows}"
+    )
