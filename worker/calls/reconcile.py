@@ -51,7 +51,7 @@ from zoneinfo import ZoneInfo
 
 from redis.exceptions import LockError, RedisError
 
-from worker import keys
+from worker import keys, metrics
 from worker.calls.callbacks import CallbackError, event_from_fields
 from worker.calls.intake import CallState
 from worker.calls.provenance import Source
@@ -413,7 +413,17 @@ def run_tier(
         ):
             total.add(tally)
             lock.extend(LOCK_SECONDS, replace_ttl=True)
-        redis.set(keys.reconcile(account.name, f"last:{tier}"), f"{started:.3f}")
+        pipe = redis.pipeline(transaction=True)
+        pipe.set(keys.reconcile(account.name, f"last:{tier}"), f"{started:.3f}")
+        metrics.reconcile_ran(
+            pipe,
+            tier=str(tier),
+            account=account.name,
+            listed=total.listed,
+            missing=total.booked,
+            at=started,
+        )
+        pipe.execute()
     except InterruptedError:
         return total  # the worker is shutting down: another one runs the tier
     except (ExolegsError, RedisError, LockError) as err:

@@ -81,6 +81,15 @@ def test_calls_never_accepted_are_booked_once_as_reconcile(make_rt, sim: Simulat
     assert call_facts(rt.redis, "rc000").source is Source.CALLBACK
     again = reconcile.run_tier(rt, default(rt), Tier.RECENT)
     assert again is not None and (again.known, again.booked) == (10, 0)
+    # the console and /metrics see both runs
+    from worker import metrics
+
+    totals = metrics.totals(rt.redis)
+    labels = f'{{account="default",tier="{Tier.RECENT}"}}'
+    assert totals[f"exolegs_reconcile_listed_total{labels}"] == 20
+    assert totals[f"exolegs_reconcile_missing_total{labels}"] == 7
+    run = metrics.reconcile_runs(rt.redis)[f"default:{Tier.RECENT}"]
+    assert (run["listed"], run["missing"]) == (10, 0)
     # a callback arriving after the sweep is a duplicate and books nothing new
     late = rt.intake.accept(event_from_fields({"CallSid": "rc009", "Status": "completed"}))
     assert not late.fetch_booked
