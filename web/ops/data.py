@@ -238,6 +238,21 @@ def status(rt: Runtime, spool: Spool) -> dict[str, Any]:
     }
 
 
+def legs_readiness(rt: Runtime) -> dict[str, Any]:
+    """How long Exotel takes to have a call's legs, and the first-fetch delay that follows."""
+    from worker.calls import readiness
+
+    found = readiness.summary(rt.redis, rt.settings)
+    return {
+        "first_fetches_1h": found.first_fetches,
+        "too_early_share_1h": round(found.not_ready_share, 3),
+        "mean_ready_seconds_1h": found.mean_ready_seconds,
+        "first_fetch_delay_seconds": found.delay_seconds,
+        "raised": found.raised,
+        "text": found.describe(),
+    }
+
+
 def overview(rt: Runtime, spool: Spool) -> dict[str, Any]:
     window = metrics.window(rt.redis)
     return {
@@ -246,12 +261,14 @@ def overview(rt: Runtime, spool: Spool) -> dict[str, Any]:
         "backlog": backlog(rt, window),
         "sinks": sink_rows(rt, window),
         "accounts": account_rows(rt, window),
+        "legs_readiness": legs_readiness(rt),
     }
 
 
 # -------------------------------------------------------------- dead letters
 @dataclass(frozen=True)
 class DeadFilter:
+    account: str = ""
     sink: str = ""
     reason: str = ""
     code: str = ""
@@ -274,6 +291,7 @@ class DeadFilter:
             return value
 
         return cls(
+            account=str(args.get("account") or "").strip()[:32],
             sink=str(args.get("sink") or "").strip()[:100],
             reason=str(args.get("reason") or "").strip()[:100],
             code=str(args.get("code") or "").strip()[:20],
@@ -282,6 +300,8 @@ class DeadFilter:
         )
 
     def matches(self, letter: DeadLetter, now: float) -> bool:
+        if self.account and letter.account != self.account:
+            return False
         if self.sink and (letter.sink or LEGS) != self.sink:
             return False
         if self.reason and self.reason.lower() not in letter.reason.lower():
@@ -295,6 +315,7 @@ class DeadFilter:
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "account": self.account,
             "sink": self.sink,
             "reason": self.reason,
             "code": self.code,
@@ -330,6 +351,7 @@ def dead_letters(rt: Runtime, flt: DeadFilter, limit: int = 500) -> dict[str, An
         "shown": len(rows),
         "letters": rows,
         "sinks": sorted({LEGS, *rt.sinks}),
+        "accounts": sorted(rt.accounts),
     }
 
 

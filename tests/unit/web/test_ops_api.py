@@ -61,6 +61,9 @@ def test_ops_api_and_metrics_match_the_spec(
         check("GET", path)
     dead = client.get("/ops/api/dead").get_json()
     assert dead["count"] == 1 and "9876543210" not in json.dumps(dead)
+    assert client.get("/ops/api/dead?account=default").get_json()["count"] == 1
+    assert client.get("/ops/api/dead?account=other").get_json()["count"] == 0
+    assert client.get("/ops/api/dead?code=404").get_json()["count"] == 0
     check("POST", "/ops/api/calls/CAapi2/reveal", json={"index": 0}, headers=headers)
     check("POST", "/ops/api/calls/CAapi2/reveal", json={"index": 99}, headers=headers)
     check("POST", "/ops/api/dead/purge", json={"filter": {"sink": "jsonl"}}, headers=headers)
