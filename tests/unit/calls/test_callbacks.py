@@ -36,7 +36,7 @@ def event(**fields: Any) -> CallbackEvent:
     return event_from_fields({"CallSid": SID, **fields})
 
 
-# --- every example from the research notes -----------------------------------------
+# --- every example in docs/exotel.md and tests/fixtures/callbacks ---------------------
 
 FIXTURE_CASES = [
     # file, call sid, event, status, terminal, direction

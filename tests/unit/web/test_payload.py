@@ -69,7 +69,7 @@ def refused(
     return info.value
 
 
-# --- every example from the research notes -----------------------------------------
+# --- every example in docs/exotel.md and tests/fixtures/callbacks ---------------------
 
 
 def test_v1_json_example_verbatim() -> None:
