@@ -167,6 +167,7 @@ def exolegs_env(
         "EXOTEL_API_TOKEN": sim.api_token,
         "EXOTEL_RATE_LIMIT": "1000000/second",
         "FETCH_DELAY_SECONDS": "0",
+        "RECONCILE": "off",  # the sweeper's list requests are not the pipeline
         "SINKS": sink,
         "LOG_LEVEL": args.log_level,
         "SPOOL_DIR": str(work / "spool"),

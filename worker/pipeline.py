@@ -7,7 +7,6 @@ Nothing here knows about Celery. Each function either finishes, raises an
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from collections.abc import Callable
@@ -15,7 +14,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from worker import jobs, keys, metrics
-from worker.calls import readiness, timeline
+from worker.calls import readiness, stored, timeline
 from worker.calls.intake import (
     CALLBACK_FIELDS,
     call_facts,
@@ -68,7 +67,7 @@ def take_slot(rt: Runtime, job_id: str, limit_name: str, rate: Rate) -> None:
 def load_record(rt: Runtime, call_sid: str, account: str = DEFAULT_ACCOUNT) -> CallRecord | None:
     """The stored record; the call's state gets another RETENTION_HOURS in the same trip."""
     raw = ledger.keep_alive(rt.redis, call_sid, rt.settings.retention_seconds, account)
-    return json.loads(raw) if raw else None
+    return stored.loads(raw) if raw else None
 
 
 def build_call_record(
@@ -171,7 +170,7 @@ def _book_deliveries(
     if record is not None:
         pipe.set(
             keys.record(call_sid, account),
-            json.dumps(record, separators=(",", ":"), default=str),
+            stored.dumps(record),
             ex=rt.settings.retention_seconds,
         )
     if upgrade:
@@ -325,17 +324,17 @@ def fetch_call(
     # a rolling deploy that adds a sink, a call fetched by an old worker must
     # reach it too.
     names = set(rt.sinks_of(account)) | fleet.live(announced, account)
-    stored: CallRecord | None = json.loads(raw_record) if raw_record else None
-    if stored is not None and stored.get("legs") != Legs.UNAVAILABLE:
+    kept: CallRecord | None = stored.loads(raw_record) if raw_record else None
+    if kept is not None and kept.get("legs") != Legs.UNAVAILABLE:
         # Its deliveries again; a sink that already has the call finishes its
         # delivery job at once (the ledger says so).
         _book_deliveries(rt, call_sid, account, None, names)
-        return stored
+        return kept
     body = _fetch_legs(rt, acct, call_sid, circuit_open)
     source = call_facts(rt.redis, call_sid, account).source
     record = build_call_record(rt, body, parse_callback(raw_callback), account, source)
     _book_deliveries(
-        rt, call_sid, account, record, names, upgrade=stored is not None, fetched=True
+        rt, call_sid, account, record, names, upgrade=kept is not None, fetched=True
     )
     return record
 
@@ -462,7 +461,7 @@ def refetch(rt: Runtime, call_sid: str, job_id: str, account: str) -> CallRecord
     record = build_call_record(rt, body, callback, account)
     rt.redis.set(
         keys.record(call_sid, account),
-        json.dumps(record, separators=(",", ":"), default=str),
+        stored.dumps(record),
         ex=rt.settings.retention_seconds,
         nx=True,
     )

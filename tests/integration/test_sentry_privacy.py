@@ -28,6 +28,7 @@ import sentry_sdk
 from tests.support.processes import Simulator
 from tests.unit.sinks.fakes.salesforce import FakeSalesforce, sf_error
 from worker import jobs, keys
+from worker.calls import stored
 from worker.calls.callbacks import event_from_fields
 from worker.calls.simulator import SimulatorConfig, start_in_thread
 from worker.logs import configure_logging, init_sentry
@@ -169,7 +170,7 @@ def test_sentry_envelopes_hold_no_secret_and_no_number(
         redis_client.delete(circuit.key + ":probe")
         redis_client.zadd(jobs.JOBS, {"fetch:privacy-call-1": 0}, xx=True)
         assert [o for b in rt.book.claim() for o in run_batch(rt, b)] == ["done"]
-        record = json.loads(redis_client.get(keys.record("privacy-call-1")) or "{}")
+        record = stored.loads(redis_client.get(keys.record("privacy-call-1")) or "{}")
         assert record, "the fetch must have built a record"
         # the CRM refuses (403) after we signed in and minted an access token
         org.fail_next(403, sf_error("INSUFFICIENT_ACCESS", "insufficient access rights"),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 
 import pytest
@@ -10,6 +9,7 @@ import redis
 
 from tests.support.processes import Simulator
 from worker import jobs, keys
+from worker.calls import stored
 from worker.calls.callbacks import event_from_fields
 from worker.calls.simulator import SimulatorConfig, start_in_thread
 from worker.jobs import JobId, Outcome, ledger
@@ -128,8 +128,8 @@ def test_past_retention_a_replay_refetches_for_its_sink_alone_and_keeps_the_call
     assert record["status"] == "no-answer" and record["direction"] == "inbound"
     assert record["callback"]["CallSid"] == "r3"
     assert len(sim.requests_for("r3")) == 2  # the first fetch, and b's own
-    stored = json.loads(rt.redis.get(keys.record("r3")))
-    assert stored["status"] == "no-answer"
+    kept = stored.loads(rt.redis.get(keys.record("r3")))
+    assert kept["status"] == "no-answer"
 
 
 def test_each_run_of_a_calls_job_gives_its_state_another_retention(make_rt) -> None:  # type: ignore[no-untyped-def]

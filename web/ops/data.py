@@ -7,14 +7,13 @@ never writes a worker key itself.
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from worker import jobs, keys, metrics
-from worker.calls import timeline
+from worker.calls import stored, timeline
 from worker.jobs import ledger
 from worker.jobs.circuit import open_circuits
 from worker.jobs.deadletters import DeadLetter
@@ -383,7 +382,7 @@ def lookup(rt: Runtime, query: str) -> list[Match]:
         wanted = timeline.digits_of(q)
         for account, sid in timeline.calls_ending(rt.redis, wanted):
             record = rt.redis.get(keys.record(sid, account))
-            numbers = timeline.numbers_in(json.loads(record)) if record else []
+            numbers = timeline.numbers_in(stored.loads(record)) if record else []
             if not numbers or any(timeline.digits_of(n).endswith(wanted) for n in numbers):
                 found.append({"account": account, "call_sid": sid})
     return found
@@ -397,7 +396,7 @@ def call_view(
 
     summary = call_summary(rt.redis, call_sid, account)
     raw_record = rt.redis.get(keys.record(call_sid, account))
-    record = json.loads(raw_record) if raw_record else None
+    record = stored.loads(raw_record) if raw_record else None
     numbers: list[str] = []
     masked_record = mask(record, None, numbers) if record is not None else None
     masked_callbacks = mask(summary.get("callbacks", []), None, numbers)

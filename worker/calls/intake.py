@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import functools
 import json
+import zlib
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from worker import jobs, keys, metrics
-from worker.calls import readiness, timeline
+from worker.calls import readiness, stored, timeline
 from worker.calls.provenance import Source
 from worker.settings import DEFAULT_ACCOUNT
 
@@ -168,6 +169,7 @@ class Intake:
             raise CallbackTooLarge(
                 f"callback over {self.max_stored_bytes} bytes once decoded ({len(payload)})"
             )
+        payload = stored.dumps(json.loads(payload))
         result = int(
             self._accept(
                 keys=[
@@ -269,11 +271,7 @@ def restore_callback(
     account: str = DEFAULT_ACCOUNT,
 ) -> bool:
     """Give a call back its terminal callback (from a dead letter); True if it had lost it."""
-    payload = json.dumps(
-        {"event": "restored", "status": status, "fields": fields},
-        separators=(",", ":"),
-        default=str,
-    )
+    payload = stored.dumps({"event": "restored", "status": status, "fields": fields})
     script = redis.register_script(_RESTORE)
     return bool(
         script(
@@ -287,7 +285,7 @@ CALLBACK_FIELDS = ["terminal", "direction"]
 
 def parse_callback(raw: list[Any]) -> tuple[dict[str, Any], str | None, str | None]:
     """``HMGET call-hash terminal direction`` -> (fields, normalised status, direction)."""
-    terminal = json.loads(raw[0]) if raw[0] else {}
+    terminal = stored.loads(raw[0]) if raw[0] else {}
     direction = raw[1].decode() if isinstance(raw[1], bytes) else raw[1]
     return terminal.get("fields") or {}, terminal.get("status"), direction
 
@@ -304,17 +302,17 @@ def call_summary(redis: Redis, call_sid: str, account: str = DEFAULT_ACCOUNT) ->
     raw = redis.hgetall(keys.call(call_sid, account))
     if not raw:
         return {}
-    fields = {
-        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-        for k, v in raw.items()
-    }
     callbacks = []
-    for name, value in sorted(fields.items()):
+    fields: dict[str, str] = {}
+    for key, value in sorted(raw.items()):
+        name = key.decode() if isinstance(key, bytes) else key
         if name == "terminal" or name.startswith("event:"):
             try:
-                callbacks.append(json.loads(value))
-            except ValueError:
+                callbacks.append(stored.loads(value))  # kept deflated (worker/calls/stored.py)
+            except (ValueError, zlib.error):
                 continue
+        else:
+            fields[name] = value.decode() if isinstance(value, bytes) else value
     received = fields.get("received_at")
     return {
         "received_at": float(received) if received else None,
