@@ -1,4 +1,4 @@
-"""/metrics is exact across processes: 2 web processes (2 gunicorn workers each) and a worker.
+"""/metrics is exact across processes: 2 web processes (2 gunicorn workers each), 2 workers.
 
 The counters live in Redis, so whichever process a scrape lands on gives the
 same totals, and they equal what was sent.
@@ -40,7 +40,7 @@ def test_totals_equal_what_was_sent_whichever_process_answers(
     sink = Path(env["SINKS"].removeprefix("jsonl://"))
     ports = [free_port(), free_port()]
     webs = [start_web(env, tmp_path / f"web{n}.log", port) for n, port in enumerate(ports)]
-    worker = start_worker(env, tmp_path / "worker.log")
+    workers = [start_worker(env, tmp_path / f"worker{n}.log") for n in range(2)]
     try:
         session = requests.Session()
         for n in range(CALLS):
@@ -80,6 +80,7 @@ def test_totals_equal_what_was_sent_whichever_process_answers(
         assert totals["exolegs_jobs_booked"] == 0
         assert totals['exolegs_dead_letters{sink="jsonl"}'] == 0
     finally:
-        worker.stop()
+        for worker in workers:
+            worker.stop()
         for web in webs:
             web.stop()
