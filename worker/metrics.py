@@ -19,7 +19,7 @@ import json
 import math
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -237,8 +237,19 @@ def pump_alive(redis: Redis, pump_id: str) -> None:
     pipe.execute()
 
 
-def start_heartbeat(redis: Redis, interval: float = 5.0) -> threading.Thread:
-    """Report this worker process's pump as alive every few seconds (a daemon thread)."""
+BACKLOG_FIELDS = ("~backlog_booked", "~backlog_overdue")
+
+
+def start_heartbeat(
+    redis: Redis,
+    backlog: Callable[[], tuple[int, int]] | None = None,
+    interval: float = 5.0,
+) -> threading.Thread:
+    """Every few seconds, report this worker's pump as alive and sample the backlog.
+
+    ``backlog`` gives (booked, overdue); the last sample of each minute is
+    kept in that minute's bucket, for the console's sparkline.
+    """
     import os
     import socket
 
@@ -248,6 +259,13 @@ def start_heartbeat(redis: Redis, interval: float = 5.0) -> threading.Thread:
         while True:
             try:
                 pump_alive(redis, pump_id)
+                if backlog is not None:
+                    booked, overdue = backlog()
+                    key = minute_key(int(time.time() // 60))
+                    pipe = redis.pipeline(transaction=False)
+                    pipe.hset(key, mapping={BACKLOG_FIELDS[0]: booked, BACKLOG_FIELDS[1]: overdue})
+                    pipe.expire(key, MINUTE_TTL)
+                    pipe.execute()
             except Exception:  # noqa: BLE001, S110 - Redis down: the console shows 0 pumps
                 pass
             time.sleep(interval)
@@ -312,6 +330,10 @@ class Window:
     def sum(self, scope: str, counter: Counter, **labels: str) -> float:
         data = self.hour if scope == "1h" else self.day
         return sum(v for k, v in data.items() if _matches(k, counter, labels))
+
+    def samples(self, field_: str) -> list[float]:
+        """A gauge sampled once a minute (see :func:`start_heartbeat`), 0 where none was."""
+        return [m.get(field_, 0.0) for m in self.minutes]
 
     def per_minute(self, counter: Counter, **labels: str) -> list[float]:
         return [sum(v for k, v in m.items() if _matches(k, counter, labels)) for m in self.minutes]

@@ -186,7 +186,11 @@ def _failed(rt: Runtime, job: JobId, token: str, attempt: int, err: ExolegsError
 def start_pump() -> Pump:
     rt = app.runtime()
     app.pump = Pump(rt.book, dispatch, queue=app.conf.task_default_queue).start()
-    metrics.start_heartbeat(rt.redis)
+    def backlog() -> tuple[int, int]:
+        found = rt.book.backlog(sample=1)
+        return int(found["booked"]), int(found["overdue"])
+
+    metrics.start_heartbeat(rt.redis, backlog)
     log.info(
         "job pump started (lease %.0fs, %d message(s) in flight per sink)",
         rt.settings.job_lease_seconds,

@@ -149,7 +149,9 @@ def backlog(rt: Runtime, window: metrics.Window) -> dict[str, Any]:
     stats = rt.book.backlog()
     circuits = _circuit_rows(rt)
     stats["parked"] = sum(c["parked"] for c in circuits)
-    stats["sparkline"] = window.per_minute(metrics.Counter.DELIVERIES)
+    stats["sparkline"] = window.samples(metrics.BACKLOG_FIELDS[0])
+    stats["overdue_sparkline"] = window.samples(metrics.BACKLOG_FIELDS[1])
+    stats["deliveries_per_minute"] = window.per_minute(metrics.Counter.DELIVERIES)
     return stats
 
 
