@@ -38,16 +38,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("app", choices=["edge", "baseline"])
     parser.add_argument("--bind", required=True)
+    parser.add_argument(
+        "--stock-gthread",
+        action="store_true",
+        help="gunicorn's own gthread worker instead of web/gthread.py's (for comparison)",
+    )
     args = parser.parse_args()
     settings = Settings.from_env()
+    overrides: dict[str, Any] = {"bind": args.bind}
+    if args.stock_gthread:
+        overrides["worker_class"] = "gthread"
     if args.app == "edge":
-        serve(settings, bind=args.bind)
+        serve(settings, **overrides)
         return
 
     def factory() -> Any:
         return baseline_app()
 
-    Server(factory, gunicorn_options(settings, bind=args.bind)).run()
+    Server(factory, gunicorn_options(settings, **overrides)).run()
 
 
 if __name__ == "__main__":
