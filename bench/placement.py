@@ -80,7 +80,8 @@ def rounds(work: Path, redis: PrivateRedis, args: argparse.Namespace, stock: boo
                 sock.recv(65536)
             split = per_worker(child.proc.pid, port)
             worst = max(worst, split[0] - split[-1])
-            print(f"  {name:15} round {n + 1:2}: connections per worker {'/'.join(map(str, split))}")
+            shown = "/".join(map(str, split))
+            print(f"  {name:15} round {n + 1:2}: connections per worker {shown}")
             for sock in socks:
                 sock.close()
             time.sleep(0.3)
