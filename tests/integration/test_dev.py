@@ -111,6 +111,8 @@ def test_first_run_then_a_second_terminal(dev: Dev) -> None:
     assert checked.returncode == 0, checked
     redis_url = re.search(r"^REDIS_URL\s+(\S+)", checked.stdout, re.MULTILINE)
     assert redis_url and redis_url.group(1) in banner
+    sinks = dev.second_terminal("sinks", "check")
+    assert sinks.returncode == 0 and sinks.stdout.startswith("ok   jsonl"), sinks
     fetched = dev.second_terminal("fetch", sid)
     assert fetched.returncode == 0 and f'"call_sid": "{sid}"' in fetched.stdout, fetched
 
