@@ -3,9 +3,10 @@
 ``/readyz`` costs a fixed number of Redis commands whatever the size of the
 keyspace (a PING, the open-circuit set and one MGET, and every few seconds
 the Redis-safety look of :func:`worker.checks.inspect_redis`), so it cannot be
-used to load Redis. Anyone may ask it; without ``READYZ_DETAILS`` it says only the
-status and counts, never which upstream failed or why (those names carry
-hosts, paths and error text).
+used to load Redis. Anyone may ask it and gets only the status and counts, never
+which upstream failed or why (those names carry hosts, paths and error
+text). The details are for operators: a request with a live ``/ops`` console
+session (its cookie), or every request when ``READYZ_DETAILS=true``.
 """
 
 from __future__ import annotations
@@ -48,6 +49,20 @@ class SafetyCache:
             return self._last
 
 
+def _operator(redis: Redis) -> bool:
+    """True when the request carries a live /ops console session (one Redis round trip)."""
+    from web.ops.auth import COOKIE, Sessions
+
+    session_id = request.cookies.get(COOKIE)
+    if not session_id:
+        return False
+    settings = current_app.extensions["exolegs"].settings
+    try:
+        return Sessions(redis, settings.ops_session_minutes * 60).get(session_id) is not None
+    except Exception:  # noqa: BLE001 - Redis trouble: no details, the counts still answer
+        return False
+
+
 def _safety(redis: Redis) -> RedisSafety:
     cache = current_app.extensions.get("exolegs-redis-safety")
     if cache is None:
@@ -67,14 +82,15 @@ def readyz() -> ResponseReturnValue:
     """Redis reachable (503 if not) and safe; counts of open circuits and spooled callbacks.
 
     With ``?strict=1`` a degraded state (an open circuit, a non-empty spool)
-    also answers 503, for monitors that only look at the status code. With
-    ``READYZ_DETAILS=true`` the body also lists each problem in words.
+    also answers 503, for monitors that only look at the status code. For an
+    operator (an /ops session) or with ``READYZ_DETAILS=true`` the body also
+    lists each problem in words.
     """
     from worker.calls.readiness import readyz_fields
     from worker.jobs.circuit import open_circuits
 
     edge = current_app.extensions["exolegs"]
-    details = edge.settings.readyz_details
+    details = edge.settings.readyz_details or _operator(edge.runtime.redis)
     body: dict[str, Any] = {"status": "ok", "redis": "ok"}
     problems: list[str] = []
     spooled = edge.spool.count()

@@ -57,6 +57,23 @@ def test_details_behind_the_setting(
     assert body["problems"] == [f"sink:crm-bridge: {reason}"]
 
 
+def test_details_for_an_operator_session(
+    make_app: Callable[..., Flask], redis_client: redis.Redis
+) -> None:
+    open_one(redis_client)
+    client = make_app(OPS_PASSWORD="operator-password-123").test_client(use_cookies=False)
+    assert "problems" not in client.get("/readyz").get_json()
+    forged = client.get("/readyz", headers={"Cookie": "exolegs_ops=forged"})
+    assert "problems" not in forged.get_json()
+    login = client.post("/ops/api/session",
+                        json={"user": "ops", "password": "operator-password-123"})
+    assert login.status_code == 200, login.get_json()
+    cookie = login.headers["Set-Cookie"].split(";", 1)[0]
+    # a monitor sends the console's cookie along (a browser would not: its path is /ops)
+    body = client.get("/readyz", headers={"Cookie": cookie}).get_json()
+    assert body["problems"] and "crm-bridge" in body["problems"][0]
+
+
 def test_unreachable_redis_is_503_without_the_error_text(make_app: Callable[..., Flask]) -> None:
     app = make_app(REDIS_URL="redis://127.0.0.1:1/0")
     answer = app.test_client().get("/readyz")
