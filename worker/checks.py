@@ -185,6 +185,12 @@ def security_findings(
             "CALLBACK_RATE_LIMIT has no effect while CALLBACK_ALLOWED_IPS is set: other "
             "clients are refused before the limit and allow-listed ones are exempt"
         )
+    if settings.redis_url.startswith("rediss://") and not settings.redis_tls_verify:
+        if not settings.heroku:
+            notes.append(
+                "REDIS_TLS_VERIFY=false: Redis's TLS certificate is not checked, so anyone on "
+                "the path can pose as Redis; set REDIS_TLS_CA_FILE instead if it is self-signed"
+            )
     if settings.trusted_proxies and not (nets or settings.callback_rate_limit):
         notes.append("TRUSTED_PROXIES is only used by CALLBACK_ALLOWED_IPS / CALLBACK_RATE_LIMIT")
     tokens = settings.callback_tokens

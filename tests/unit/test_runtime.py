@@ -180,6 +180,18 @@ def test_exolegs_check_says_which_tls_mode_is_in_force(tls_redis: tuple[str, Pat
     assert "REDIS_URL" in out.getvalue() and "CERTIFICATE_VERIFY_FAILED" not in out.getvalue()
 
 
+def test_exolegs_check_notes_an_unverified_redis_outside_heroku(
+    tls_redis: tuple[str, Path],
+) -> None:
+    from worker.checks import security_findings
+
+    url, _ = tls_redis
+    _, notes = security_findings(settings(REDIS_URL=url, REDIS_TLS_VERIFY="false"), {})
+    assert any("REDIS_TLS_VERIFY=false" in n for n in notes)
+    _, heroku = security_findings(settings(REDIS_TLS_URL=url, DYNO="web.1"), {"DYNO": "web.1"})
+    assert not any("REDIS_TLS_VERIFY" in n for n in heroku)
+
+
 @pytest.mark.parametrize(
     ("env", "variable"),
     [
