@@ -275,3 +275,20 @@ def test_a_failed_tier_is_not_hammered_at_every_tick(make_rt, sim: Simulator) ->
     listed = sim.total()
     assert reconcile.tick(rt) == []  # paused after the failure
     assert sim.total() == listed
+
+
+def test_the_sweeper_waits_while_live_fetches_have_a_backlog(make_rt, sim: Simulator) -> None:  # type: ignore[no-untyped-def]
+    import threading
+
+    rt = make_rt()
+    account = default(rt)
+    rt.limiter.block(account.limit_name, 30)  # e.g. Exotel said 429 + Retry-After: 30
+    assert rt.limiter.backlog(account.limit_name) > 20
+    stop = threading.Event()
+    threading.Timer(0.3, stop.set).start()
+    listed = sim.total()
+    with pytest.raises(InterruptedError):
+        reconcile.Budget(rt, account, 0.1).wait_turn(stop)
+    assert sim.total() == listed  # it never asked Exotel
+    assert reconcile.run_tier(rt, account, Tier.RECENT, stop=stop) is not None
+    assert sim.total() == listed
