@@ -220,6 +220,7 @@ def call_upstream(
     call: Callable[[], T],
     *,
     circuit_open: bool | None = None,
+    failing: bool = True,
 ) -> T:
     """Call an upstream (Exotel, a sink) through its circuit and its rate limit.
 
@@ -227,7 +228,8 @@ def call_upstream(
     wrong, or a sink keeps failing), the job is parked instead of calling,
     except for the one probe per CIRCUIT_PROBE_SECONDS; a probe that works
     closes the circuit. ``circuit_open`` is what the job saw when it
-    started (None: look now).
+    started (None: look now); ``failing`` whether the upstream had failures
+    counted then (False: a success has nothing to clear).
     """
     circuit = rt.circuit(name)
     probing = False
@@ -261,7 +263,7 @@ def call_upstream(
         # The parked work comes due at the pace the upstream's rate limit lets
         # it run anyway, so its release never crowds out other accounts' work.
         circuit.close(rt.book, spacing=rate.period / rate.count if rate else None)
-    elif name.startswith("sink:"):
+    elif name.startswith("sink:") and failing:
         circuit.succeeded()
     return result
 
@@ -410,6 +412,7 @@ def deliver_call(
     account: str = DEFAULT_ACCOUNT,
     force: bool = False,
     circuit_open: bool | None = None,
+    failing: bool = True,
 ) -> bool:
     """Deliver the stored record to one sink; True when it was delivered now."""
     account_of(rt, account, call_sid)
@@ -436,6 +439,7 @@ def deliver_call(
             all_sinks=tuple(rt.sinks_of(account)),
         ),
         circuit_open=circuit_open,
+        failing=failing,
     )
     if upgrade:
         upgraded(rt.redis, call_sid, sink_name, account)

@@ -14,6 +14,7 @@ from worker import jobs, keys, metrics, pipeline
 from worker.celery_app import app
 from worker.errors import Deferred, ExolegsError, Kind, TransientError
 from worker.jobs import Batch, JobId, Outcome
+from worker.jobs.circuit import failures_key
 from worker.jobs.pump import Pump
 from worker.jobs.retry import decide
 from worker.logs import bind, log_context
@@ -94,7 +95,8 @@ def run_batch(rt: Runtime, batch: Batch) -> list[Outcome]:
 def execute(rt: Runtime, job: JobId, token: str) -> Outcome:
     """Run one job once under claim ``token``; returns what happened (for logs and tests)."""
     job_id = str(job)
-    started = rt.book.begin(job_id, token, keys.circuit(pipeline.upstream_of(rt, job)))
+    upstream = pipeline.upstream_of(rt, job)
+    started = rt.book.begin(job_id, token, keys.circuit(upstream), failures_key(upstream))
     if isinstance(started, Outcome):
         return started  # STALE: not this claim's to run; BUSY: a copy of it runs
     context = f"call={job.call_sid} job={job_id}"
@@ -114,6 +116,7 @@ def execute(rt: Runtime, job: JobId, token: str) -> Outcome:
                     account=job.account,
                     force=started.force,
                     circuit_open=started.circuit_open,
+                    failing=started.failing,
                 )
         except Deferred as wait:
             rt.book.release(job_id, token, wait.delay, undo_attempt=True)

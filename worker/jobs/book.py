@@ -192,9 +192,10 @@ return n
 """
 )
 
-# Starting a run. KEYS: jobs, job hash, lock, circuit. ARGV: job id, token,
-# lease ms. Returns {-1} stale (the token is not the job's current claim),
-# {0} busy (a copy of this claim runs it), else {attempt, force, circuit open}.
+# Starting a run. KEYS: jobs, job hash, lock, circuit, circuit's failure count.
+# ARGV: job id, token, lease ms. Returns {-1} stale (the token is not the job's
+# current claim), {0} busy (a copy of this claim runs it), else {attempt,
+# force, circuit open, failures counted}.
 _BEGIN = (
     """
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
@@ -207,7 +208,7 @@ local attempt = redis.call('HINCRBY', KEYS[2], 'attempts', 1)
 redis.call('HSETNX', KEYS[2], 'first_attempt', string.format('%.3f', now))
 redis.call('HSET', KEYS[2], 'last_attempt', string.format('%.3f', now))
 local force = redis.call('HGET', KEYS[2], 'force') or ''
-return {attempt, force, redis.call('EXISTS', KEYS[4])}
+return {attempt, force, redis.call('EXISTS', KEYS[4]), redis.call('EXISTS', KEYS[5])}
 """
 )
 
@@ -302,6 +303,7 @@ class Started:
     attempt: int
     force: bool
     circuit_open: bool = False
+    failing: bool = True  # its upstream has failures counted (a success must clear them)
 
 
 def _account_prefix(account: str) -> str:
@@ -458,22 +460,36 @@ class JobBook:
         return batches
 
     # -------------------------------------------------------------- running
-    def begin(self, job_id: str, token: str, circuit: str | None = None) -> Started | Outcome:
+    def begin(
+        self, job_id: str, token: str, circuit: str | None = None, failures: str | None = None
+    ) -> Started | Outcome:
         """Start the run of claim ``token``: :attr:`Outcome.STALE`, :attr:`Outcome.BUSY` or Started.
 
         A started run holds the job's lock (keep it alive with a heartbeat),
-        its attempt is counted, and the state of the ``circuit`` key of the
-        upstream it will call comes back with it.
+        its attempt is counted, and whether the ``circuit`` key of the
+        upstream it will call exists (open) comes back with it, and whether
+        its ``failures`` key does, all in the same round trip.
         """
         raw = self._begin(
-            keys=[JOBS, job_key(job_id), lock_key(job_id), circuit or f"{PREFIX}:-"],
+            keys=[
+                JOBS,
+                job_key(job_id),
+                lock_key(job_id),
+                circuit or f"{PREFIX}:-",
+                failures or f"{PREFIX}:-",
+            ],
             args=[job_id, token, self.lease_ms],
         )
         if int(raw[0]) < 0:
             return Outcome.STALE
         if int(raw[0]) == 0:
             return Outcome.BUSY
-        return Started(int(raw[0]), _text(raw[1]) == "1", bool(circuit) and bool(raw[2]))
+        return Started(
+            int(raw[0]),
+            _text(raw[1]) == "1",
+            bool(circuit) and bool(raw[2]),
+            failures is None or bool(raw[3]),
+        )
 
     def finish(self, job_id: str, token: str) -> bool:
         """Done: out of the book with its state and lock; False if another claim's run owns it."""

@@ -47,6 +47,11 @@ return #parked
 """
 
 
+def failures_key(name: str) -> str:
+    """How many times in a row upstream ``name`` failed (sinks), while it counts."""
+    return f"{keys.circuit(name)}:failures"
+
+
 class Circuit:
     def __init__(self, redis: Redis, name: str, *, probe_interval: int = PROBE_INTERVAL) -> None:
         self.redis = redis
@@ -121,7 +126,7 @@ class Circuit:
         None while under ``threshold``; at or over it the circuit is (kept)
         open and, as with :meth:`open`, True means it is time to shout.
         """
-        key = f"{self.key}:failures"
+        key = failures_key(self.name)
         pipe = self.redis.pipeline()
         pipe.incr(key)
         pipe.expire(key, max(300, self.probe_interval * 5))

@@ -298,3 +298,16 @@ def test_kombu_restore_on_a_torn_down_connection_does_not_stop_the_worker() -> N
     qos = kombu_redis.QoS.__new__(kombu_redis.QoS)
     qos.channel = TornDown()
     assert qos.restore_unacked() is None
+
+
+def test_begin_says_whether_the_upstream_has_failures_to_clear(redis_client: redis.Redis) -> None:
+    book = JobBook(redis_client)
+    book.schedule("deliver:c1:crm")
+    token = claimed(book)["deliver:c1:crm"]
+    started = book.begin("deliver:c1:crm", token, "exolegs:circuit:sink:crm", "f:crm")
+    assert isinstance(started, Started) and not started.failing and not started.circuit_open
+    book.release("deliver:c1:crm", token, 0)
+    redis_client.set("f:crm", 2)
+    again = claimed(book)["deliver:c1:crm"]
+    started = book.begin("deliver:c1:crm", again, "exolegs:circuit:sink:crm", "f:crm")
+    assert isinstance(started, Started) and started.failing
