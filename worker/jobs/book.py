@@ -370,7 +370,7 @@ class JobBook:
     redis: Redis
     lease_seconds: float = 120.0
     sink_concurrency: int = 0  # messages in flight per sink; 0 = no cap
-    batch: int = 16
+    batch: int = 32  # jobs per message at most, under a backlog
     cap_wait: float = 0.5
 
     def __post_init__(self) -> None:

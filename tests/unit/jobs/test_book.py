@@ -200,15 +200,15 @@ def test_pump_dispatches_due_jobs(redis_client: redis.Redis) -> None:
 
 def test_pump_batches_a_backlog_by_kind_and_sink(redis_client: redis.Redis) -> None:
     book = JobBook(redis_client)
-    for n in range(100):
+    for n in range(200):
         book.schedule(jobs.fetch_id(f"c{n}"))
         book.schedule(jobs.deliver_id(f"c{n}", "crm"))
     book.schedule(jobs.deliver_id("c0", "jsonl"))
     messages: list[Batch] = []
     Pump(book, messages.append).run_once()
     assert all(len({(j.kind, j.sink) for j in m.jobs}) == 1 for m in messages)  # never mixed
-    assert max(len(m.jobs) for m in messages) == 16
-    assert sum(len(m.jobs) for m in messages) == 201
+    assert max(len(m.jobs) for m in messages) == book.batch
+    assert sum(len(m.jobs) for m in messages) == 401
     assert len({m.token for m in messages}) == 1  # one claim, one token
 
 
