@@ -1,14 +1,15 @@
 """A newcomer's first run: fresh clone, ``make run``, seconds until the first served request.
 
-Each round clones the committed ``--ref`` into a temporary directory three times and
+Each round clones the committed ``--ref`` into a temporary directory once per variant and
 times, from ``make`` starting to the first ``200`` from ``GET /healthz``, split
 into the install step that ``make run`` performs first and the start itself:
 
 - ``make run``: installs what running needs (the package and its embedded
   Redis) with uv;
 - ``make run UV=``: the same with pip alone;
-- ``make venv run``: installs the test and lint tools too first, as ``make run``
-  once did (the baseline).
+- ``make venv run``: installs the test and lint tools too first (the baseline);
+- ``make venv run UV=``: the same with pip alone, which is what ``make run``
+  did before it split the installs.
 
 Each starts from nothing: a new clone, no ``.venv``, empty pip and uv caches of
 its own (in the temporary directory), no ``REDIS_URL``,
@@ -59,6 +60,7 @@ VARIANTS = {
     "make run": ("venv-run", []),
     "make run UV= (pip alone)": ("venv-run", ["UV="]),
     "make venv run (test tools too)": ("venv", []),
+    "make venv run UV= (pip, test tools)": ("venv", ["UV="]),
 }
 
 
@@ -133,6 +135,11 @@ def main() -> None:
     ap.add_argument("--ref", default="HEAD", help="commit to clone (default HEAD; commit first)")
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per run")
+    ap.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help="comma-separated names of the variants to run (default: all)",
+    )
     args = ap.parse_args()
     ref = subprocess.run(
         ["git", "-C", str(ROOT), "rev-parse", "--short", args.ref],
@@ -145,15 +152,23 @@ def main() -> None:
     print(f"{'round':>5}  {'variant':34} {'install':>8} {'start':>8} {'total':>8}")
     for rnd in range(1, args.rounds + 1):
         times: dict[str, float] = {}
+        chosen = [v.strip() for v in args.variants.split(",")]
         for name, (install, extra) in VARIANTS.items():
+            if name not in chosen:
+                continue
             with tempfile.TemporaryDirectory(prefix="exolegs-first-run-") as tmp:
                 inst, up = first_run(ref, install, extra, Path(tmp), timeout=args.timeout)
             times[name] = inst + up
             print(f"{rnd:>5}  {name:34} {inst:8.1f} {up:8.1f} {inst + up:8.1f}", flush=True)
-        ours, base = times["make run"], times["make venv run (test tools too)"]
-        pip_only = times["make run UV= (pip alone)"]
-        print(f"{rnd:>5}  {'ratio make run / with test tools':34} {ours / base:8.2f}")
-        print(f"{rnd:>5}  {'ratio make run / pip alone':34} {ours / pip_only:8.2f}", flush=True)
+        ours = times.get("make run")
+        for other in (
+            "make venv run (test tools too)",
+            "make run UV= (pip alone)",
+            "make venv run UV= (pip, test tools)",
+        ):
+            if ours and other in times:
+                label = f"ratio make run / {other}"
+                print(f"{rnd:>5}  {label[:60]:60} {ours / times[other]:8.2f}", flush=True)
 
 
 if __name__ == "__main__":
