@@ -8,7 +8,7 @@ script or MULTI that already records the event. The list keeps the last
 bounded: see docs/benchmarks.md.
 
 ``exolegs:phone:<last 4 digits>`` is a sorted set of call sids by time for
-the numbers on a call's record, so the console finds "the call from …3210"
+the customer's number and the callback's From and To, so the console finds "the call from …3210"
 without scanning. Both key families belong to this module.
 """
 
@@ -135,7 +135,7 @@ def index_numbers(
 ) -> None:
     """File the call under the last digits of each number (at least 4 digits long)."""
     now = time.time()
-    member = f"{account}/{call_sid}"
+    member = call_sid if account == DEFAULT_ACCOUNT else f"{account}/{call_sid}"
     for tail in sorted({d[-LAST_DIGITS:] for d in map(digits_of, numbers) if len(d) >= 4}):
         k = phone_key(tail)
         pipe.zadd(k, {member: now})
@@ -151,18 +151,19 @@ def calls_ending(redis: Redis, digits: str, limit: int = 50) -> list[tuple[str, 
     raw = redis.zrevrange(phone_key(d[-LAST_DIGITS:]), 0, limit - 1)
     out = []
     for r in raw:
-        account, _, sid = (r.decode() if isinstance(r, bytes) else str(r)).partition("/")
-        out.append((account, sid))
+        text = r.decode() if isinstance(r, bytes) else str(r)
+        account, _, sid = text.rpartition("/")
+        out.append((account or DEFAULT_ACCOUNT, sid))
     return out
 
 
 def numbers_in(record: dict[str, Any]) -> list[str]:
-    """Every phone number on a record: legs, customer, agents and the callback's From/To."""
+    """The numbers a call is found by: its customer's, and the callback's From and To.
+
+    Agents' numbers are left out of the index: each is on a great many calls,
+    and the customer is who an operator asks about.
+    """
     found: list[str] = []
-    for side in ("from", "to"):
-        for leg in record.get(side) or []:
-            if isinstance(leg, dict):
-                found += [str(leg[k]) for k in ("phone_e164", "contact_uri") if leg.get(k)]
     customer = record.get("customer")
     if isinstance(customer, dict):
         found += [str(customer[k]) for k in ("phone_e164", "contact_uri") if customer.get(k)]
