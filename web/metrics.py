@@ -15,6 +15,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from worker import metrics
+from worker.jobs import JobId
 from worker.jobs.circuit import open_circuits
 
 if TYPE_CHECKING:
@@ -78,8 +79,8 @@ def gauges(edge: Edge) -> list[metrics.Gauge]:
         ),
     ]
     by_sink: Tally[str] = Tally()
-    for letter in rt.dead:
-        by_sink[letter.sink or "legs"] += 1
+    for job_id in rt.dead.ids():  # ids only: the sink is in the job id
+        by_sink[JobId.parse(job_id).sink or "legs"] += 1
     for sink in sorted({*rt.sinks, "legs", *by_sink}):
         out.append(
             G(

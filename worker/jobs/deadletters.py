@@ -235,14 +235,16 @@ class DeadLetters:
         self._drop(letter.job_id)
 
     def discard(self, job_ids: list[str]) -> int:
-        """Remove these dead letters for good (the console's purge, after its confirmation)."""
-        if not job_ids:
-            return 0
-        pipe = self.redis.pipeline()
-        for job_id in job_ids:
-            pipe.zrem(DEAD, job_id)
-            pipe.delete(dead_key(job_id))
-        return sum(int(r) for r in pipe.execute()[0::2])
+        """Remove these dead letters for good (the console's purge, after its confirmation).
+
+        Each goes as in :meth:`purge`: the call's state gets its TTL back once
+        its last letter is gone.
+        """
+        return sum(1 for job_id in job_ids if self._drop(job_id))
+
+    def ids(self) -> list[str]:
+        """Every dead letter's job id, oldest first (no letter is read)."""
+        return [_text(raw) for raw in self.redis.zrange(DEAD, 0, -1)]
 
     def purge(
         self,

@@ -87,3 +87,18 @@ def test_purge_reports_progress(redis_client: redis.Redis) -> None:
     assert dead.purge(30 * 86400, on_progress=progress.append) == 7
     assert sum(progress) == 7
     assert [d.call_sid for d in dead] == ["new"]
+
+
+def test_discard_gives_the_call_its_ttl_back_like_purge(redis_client: redis.Redis) -> None:
+    from worker import keys
+
+    dead = DeadLetters(redis_client, JobBook(redis_client), retention_seconds=3600)
+    redis_client.set(keys.record("gone"), "{}", ex=3600)
+    dead.add(JobId("deliver", "gone", "crm"), reason="r", error="e")
+    dead.add(JobId("deliver", "kept", "crm"), reason="r", error="e")
+    assert redis_client.ttl(keys.record("gone")) == -1  # held while it has a dead letter
+    assert dead.ids() == ["deliver:gone:crm", "deliver:kept:crm"]
+    assert dead.discard(["deliver:gone:crm", "deliver:nothing:crm"]) == 1
+    assert dead.ids() == ["deliver:kept:crm"]
+    assert 0 < redis_client.ttl(keys.record("gone")) <= 3600
+    assert not redis_client.exists(keys.dead_of("gone"))
