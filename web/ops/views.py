@@ -198,7 +198,7 @@ def login() -> ResponseReturnValue:
 def api_login() -> ResponseReturnValue:
     if not request.is_json:
         return jsonify(error='send JSON: {"user": …, "password": …}'), 415
-    body = request.get_json(silent=True) or {}
+    body = _json_body() or {}
     user = _check_credentials(str(body.get("user", "")), str(body.get("password", "")))
     if isinstance(user, tuple):
         return jsonify(error=user[1]), user[0]
@@ -393,9 +393,18 @@ def _bulk_page(action: str) -> ResponseReturnValue:
     return redirect(url_for("ops.dead") + f"?{_query(flt)}&done={action}:{result['done']}", 303)
 
 
+def _json_body() -> dict[str, Any] | None:
+    body = request.get_json(silent=True)
+    if body is None:
+        return {}
+    return body if isinstance(body, dict) else None
+
+
 @bp.post("/api/dead/replay")
 def api_dead_replay() -> ResponseReturnValue:
-    body = request.get_json(silent=True) or {}
+    body = _json_body()
+    if body is None:
+        return jsonify(error="send a JSON object"), 400
     if "job_id" in body:
         if not _replay_one(str(body["job_id"])):
             return jsonify(error="no such dead letter"), 404
@@ -405,10 +414,15 @@ def api_dead_replay() -> ResponseReturnValue:
 
 @bp.post("/api/dead/purge")
 def api_dead_purge() -> ResponseReturnValue:
-    return _api_bulk("purge", request.get_json(silent=True) or {})
+    body = _json_body()
+    if body is None:
+        return jsonify(error="send a JSON object"), 400
+    return _api_bulk("purge", body)
 
 
 def _api_bulk(action: str, body: dict[str, Any]) -> ResponseReturnValue:
+    if not isinstance(body.get("filter") or {}, dict):
+        return jsonify(error="filter: expected an object"), 400
     confirm = body.get("confirm")
     try:
         result = _bulk(action, body.get("filter") or {}, None if confirm is None else str(confirm))
@@ -500,7 +514,7 @@ def reveal(call_sid: str) -> ResponseReturnValue:
 
 @bp.post("/api/calls/<call_sid>/reveal")
 def api_reveal(call_sid: str) -> ResponseReturnValue:
-    body = request.get_json(silent=True) or {}
+    body = _json_body() or {}
     found = _reveal(call_sid, body.get("index"))
     if found is None:
         return jsonify(error="no such number on this call"), 404

@@ -43,6 +43,7 @@ def test_ops_api_and_metrics_match_the_spec(
 
     check("GET", "/ops/api/overview")  # 401 before login
     assert client.post("/ops/api/session", data="x").status_code == 415
+    assert client.post("/ops/api/session", json=["ops"]).status_code == 401
     wrong = client.post("/ops/api/session", json={"user": "ops", "password": "nope-nope-nope"})
     assert wrong.status_code == 401
     login = client.post("/ops/api/session", json={"user": "ops", "password": PASSWORD})
@@ -74,6 +75,11 @@ def test_ops_api_and_metrics_match_the_spec(
     check("POST", "/ops/api/dead/replay", json={"job_id": job_id}, headers=headers)
     check("POST", "/ops/api/dead/replay", json={"job_id": job_id}, headers=headers)  # 404
     check("POST", "/ops/api/dead/purge", json={"confirm": 0}, headers=headers)
+    check("POST", "/ops/api/dead/purge", json=[1, 2], headers=headers)  # 400, not a 500
+    check("POST", "/ops/api/dead/replay", json={"filter": "sink"}, headers=headers)
+    bad_hours = {"filter": {"older_than_hours": "x"}}
+    check("POST", "/ops/api/dead/replay", json=bad_hours, headers=headers)
+    check("POST", "/ops/api/calls/CAapi2/reveal", json=["x"], headers=headers)
     check("POST", "/ops/api/dead/purge", json={"confirm": 0})  # no CSRF token: 403
     audit = client.get("/ops/api/audit").get_json()["entries"]
     assert [e["action"] for e in audit] == ["replay", "reveal"]
