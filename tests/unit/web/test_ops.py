@@ -246,3 +246,31 @@ def test_callback_is_counted_in_metrics(make_app: Callable[..., Flask]) -> None:
 
 def test_metrics_absent_without_a_token(make_app: Callable[..., Flask]) -> None:
     assert make_app().test_client().get("/metrics").status_code == 404
+
+
+def test_every_account_has_its_row_and_its_calls_are_found(
+    make_app: Callable[..., Flask], redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    accounts = {
+        "acme": {
+            "sid": "acme1", "api_key": "k", "api_token": "acme-token-123",
+            "callback_tokens": "acme-callback-token-0123456789", "rate_limit": "60/minute",
+            "sinks": f"jsonl://{tmp_path}/acme.jsonl?name=acme-file",
+        },
+    }  # fmt: skip
+    app = make_app(OPS_PASSWORD=PASSWORD, EXOTEL_ACCOUNTS=json.dumps(accounts))
+    client = app.test_client()
+    login(client)
+    client.post("/exotel/callback/acme-callback-token-0123456789", data={"CallSid": "CAacme1"})
+    rows = {a["name"]: a for a in client.get("/ops/api/overview").get_json()["accounts"]}
+    assert set(rows) == {"default", "acme"}
+    assert rows["acme"]["limit_per_minute"] == 60 and rows["acme"]["sinks"] == ["acme-file"]
+    found = client.get("/ops/api/calls?q=CAacme1").get_json()["calls"]
+    assert found == [{"account": "acme", "call_sid": "CAacme1"}]
+    assert client.get("/ops/calls?q=CAacme1").headers["Location"] == (
+        "/ops/calls/CAacme1?account=acme"
+    )
+    view = client.get("/ops/api/calls/CAacme1?account=acme").get_json()
+    assert view["account"] == "acme" and view["timeline"][0]["k"] == "callback"
+    assert [s["name"] for s in view["sinks"]] == ["acme-file"]
+    assert client.get("/ops/api/calls/CAacme1").status_code == 404  # not the default's
