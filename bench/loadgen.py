@@ -263,7 +263,10 @@ def _drive(plan: Plan, index: int, connections: int, start: float, out: mp.Queue
             result.errors += len(conns) - len(idle)  # never answered
             break
         while issuing and idle and (not plan.rate or next_due <= now):
-            conn = idle.pop()
+            # The longest-idle connection first: at a fixed rate, taking the one just
+            # freed would put every request on one or two connections, hence one
+            # server process, which is not how many callers' traffic arrives.
+            conn = idle.pop(0)
             due = next_due if plan.rate else now
             if plan.rate:
                 if now - next_due > 0.001:
