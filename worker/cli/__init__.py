@@ -39,12 +39,13 @@ def cmd_web(args: argparse.Namespace) -> int:
         raise SettingsError("CALLBACK_TOKEN", "must be set before the web process can start")
     configure_logging(settings)
     host = "127.0.0.1" if args.host in ("localhost", "") else args.host
+    accounts = settings.all_accounts
     logging.getLogger("exolegs.web").info(
         "exolegs web listening on http://%s:%d (%d workers; sinks: %s)",
         host,
         settings.port,
         settings.web_concurrency,
-        ", ".join(mask_url(s) for s in settings.sinks),
+        ", ".join(mask_url(s) for s in dict.fromkeys(u for a in accounts for u in a.sinks)),
     )
     _web_server()(settings, bind=f"{host}:{settings.port}")
     return 0
