@@ -21,14 +21,14 @@ _runtime: set[str] = set()
 _runtime_version = 0
 
 
-def remember_secret(value: str | None) -> None:
+def remember_secret(value: object) -> None:
     """Add a secret minted at run time (an OAuth access token) to every scrubber.
 
     Call it the moment the value exists; logs, errors and Sentry events are
     scrubbed of it from then on, in this process.
     """
     global _runtime_version
-    if not value or len(value) < MIN_SECRET or value in _runtime:
+    if not isinstance(value, str) or len(value) < MIN_SECRET or value in _runtime:
         return
     with _runtime_lock:
         if value not in _runtime:

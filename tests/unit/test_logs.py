@@ -342,3 +342,21 @@ def test_json_lines_carry_the_bound_context_as_top_level_keys() -> None:
     assert "request_id" not in outer and outer["call_sid"] == "CA1"
     assert not {"call_sid", "job", "account", "attempt"} & set(outside)
 
+
+
+def test_a_token_minted_at_run_time_is_scrubbed_by_scrubbers_built_before(
+    conf: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """OAuth access tokens exist only after start-up: every scrubber picks them up."""
+    from worker.redact import remember_secret
+    from worker.sinks.crm.oauth import Token
+
+    scrub = Scrubber(conf.secrets())
+    minted = "00Dxx0000001gPL!AR8AQJXg5oj8jXSgxJfA0lBog.39AsX.LVpxezPwuX5VAIrrbbHMuol7"
+    assert minted in scrub(f"Bearer {minted}")
+    Token(minted, {}, 0.0)  # what the CRM sinks build as soon as a token comes back
+    assert scrub(f"Bearer {minted}") == "Bearer ***"
+    remember_secret("zoho-access-1000.abcdef0123456789")
+    assert "abcdef0123456789" not in scrub("token zoho-access-1000.abcdef0123456789")
+    remember_secret(None)  # nothing to remember: no error
+    remember_secret(12345)

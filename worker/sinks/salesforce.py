@@ -62,6 +62,7 @@ from worker.errors import (
     SettingsError,
     TransientError,
 )
+from worker.redact import remember_secret
 from worker.settings import Rate
 from worker.sinks.base import CallRecord, CheckFailed, SinkContext
 from worker.sinks.crm import (
@@ -241,7 +242,9 @@ class SalesforceSink(CrmSink):
         header = _b64url(json.dumps({"alg": "RS256"}).encode())
         signing_input = f"{header}.{_b64url(json.dumps(claims).encode())}"
         signature = self._key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
-        return f"{signing_input}.{_b64url(signature)}"
+        assertion = f"{signing_input}.{_b64url(signature)}"
+        remember_secret(assertion)  # a credential for 3 minutes: scrubbed everywhere
+        return assertion
 
     def _grant(self) -> dict[str, str]:
         if self.mode == "jwt":
@@ -271,6 +274,8 @@ class SalesforceSink(CrmSink):
         )
         data = response_json(response)
         body = data if isinstance(data, dict) else {}
+        remember_secret(body.get("access_token"))  # scrubbed from the moment it exists
+        remember_secret(body.get("refresh_token"))
         if response.status_code < 300 and isinstance(body.get("access_token"), str):
             instance = str(body.get("instance_url") or self.login_url)
             extra = {"instance_url": instance, "scope": str(body.get("scope") or "")}

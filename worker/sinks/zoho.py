@@ -51,6 +51,7 @@ from worker.errors import (
     SettingsError,
     TransientError,
 )
+from worker.redact import remember_secret
 from worker.settings import Rate
 from worker.sinks.base import CallRecord, CheckFailed, SinkContext
 from worker.sinks.crm import (
@@ -235,6 +236,7 @@ class ZohoSink(CrmSink):
         )
         data = response_json(response)
         body = data if isinstance(data, dict) else {}
+        remember_secret(body.get("access_token"))  # scrubbed from the moment it exists
         if response.status_code < 300 and isinstance(body.get("access_token"), str):
             lifetime = float(body.get("expires_in") or 3600)
             api_domain = body.get("api_domain") or self.default_api
