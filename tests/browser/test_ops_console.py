@@ -172,3 +172,14 @@ def test_the_overview_counts_what_happened_and_refreshes_itself(page: Any, stack
     assert page.inner_text(".hint:last-child") != before
     page.screenshot(path=str(stack.shots / "overview.png"), full_page=True)
     assert page.errors == []
+
+
+def test_an_open_overview_goes_to_the_login_when_its_session_ends(
+    page: Any, stack: Stack, redis_server: Any
+) -> None:
+    log_in(page, stack)
+    store = redis_server.client()
+    for key in store.scan_iter(match="exolegs:ops:session:*"):
+        store.delete(key)  # as if it had expired
+    page.wait_for_url(re.compile(r".*/ops/login\?next=.*"), timeout=15000)
+    assert "Log in" in page.inner_text("main")

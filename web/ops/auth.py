@@ -56,15 +56,20 @@ class Sessions:
         self.redis.set(session_key(session.id), json.dumps(body), ex=self.idle)
         return session
 
-    def get(self, session_id: str | None) -> Session | None:
-        """The live session for a cookie value, its idle timer restarted; None once expired."""
+    def get(self, session_id: str | None, *, touch: bool = True) -> Session | None:
+        """The live session for a cookie value; None once expired.
+
+        ``touch`` restarts its idle timer: every request an operator makes
+        does, the overview's automatic refresh does not.
+        """
         if not session_id or len(session_id) > 128:
             return None
         key = session_key(session_id)
         pipe = self.redis.pipeline(transaction=False)
         pipe.get(key)
-        pipe.expire(key, self.idle, xx=True)
-        raw, _ = pipe.execute()
+        if touch:
+            pipe.expire(key, self.idle, xx=True)
+        raw = pipe.execute()[0]
         if not raw:
             return None
         body = json.loads(raw)

@@ -84,10 +84,14 @@ def guard() -> ResponseReturnValue | None:
     """A live session for everything but the login and static files; CSRF on every POST."""
     if request.endpoint in _OPEN:
         return None
-    session = _sessions().get(request.cookies.get(COOKIE))
+    polling = request.endpoint == "ops.overview_partial"  # an open tab is not an operator
+    session = _sessions().get(request.cookies.get(COOKIE), touch=not polling)
     if session is None:
         if _is_api():
             return jsonify(error="log in first: POST /ops/api/session"), 401
+        if request.headers.get("HX-Request"):
+            # htmx would swap the login page into the overview: have it load the page instead
+            return Response("", 200, {"HX-Redirect": url_for("ops.login_form", next="/ops/")})
         return redirect(url_for("ops.login_form", next=request.full_path.rstrip("?")), 303)
     g.ops_session = session
     if request.method not in ("GET", "HEAD") and not csrf_ok(request, session.csrf):

@@ -71,6 +71,8 @@ def test_pages_need_a_login_and_the_api_says_401(ops_app: Flask) -> None:
     page = client.get("/ops/dead?sink=jsonl")
     assert page.status_code == 303
     assert page.headers["Location"].startswith("/ops/login?next=")
+    polled = client.get("/ops/partials/overview", headers={"HX-Request": "true"})
+    assert polled.headers["HX-Redirect"].startswith("/ops/login")
     api = client.get("/ops/api/overview")
     assert api.status_code == 401
     assert "log in" in api.get_json()["error"]
@@ -151,6 +153,11 @@ def test_sessions_expire(ops_app: Flask, redis_client: redis.Redis) -> None:
     key = session_key(cookie.value)
     ttl = redis_client.ttl(key)
     assert 0 < ttl <= 3600  # OPS_SESSION_MINUTES=60 by default
+    redis_client.expire(key, 100)
+    client.get("/ops/partials/overview")  # the overview's own refresh keeps nothing alive
+    assert 0 < redis_client.ttl(key) <= 100
+    client.get("/ops/api/overview")  # an operator's request does
+    assert redis_client.ttl(key) > 3500
     redis_client.pexpire(key, 1)  # as if the hour had passed
     time.sleep(0.01)
     assert client.get("/ops/api/overview").status_code == 401
