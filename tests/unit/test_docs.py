@@ -311,3 +311,32 @@ def test_exotel_md_lists_every_error_the_code_classifies() -> None:
     assert coded == rows, (
         f"docs/exotel.md's error table differs from worker/errors.py: {coded ^ rows}"
     )
+
+
+def test_architecture_md_names_every_module_and_only_modules_that_exist() -> None:
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    section = text[text.index("## Modules") : text.index("## The path of a callback")]
+    named = set(re.findall(r"`([a-z_]+)\.py`", section)) - {"__init__"}
+    named |= {n for group in re.findall(r"`([a-z_]+)`, `([a-z_]+)`", section) for n in group}
+    modules = {
+        p.stem
+        for p in [*ROOT.glob("worker/**/*.py"), *ROOT.glob("web/**/*.py")]
+        if p.stem not in ("__init__", "__main__") and "crm" not in p.parts
+    }
+    assert not modules - named - SINK_MODULES, f"architecture.md omits {sorted(modules - named)}"
+    assert not named - modules, (
+        f"architecture.md names modules that do not exist: {named - modules}"
+    )
+
+
+SINK_MODULES = {
+    "jsonl",
+    "webhook",
+    "sql",
+    "hubspot",
+    "zoho",
+    "salesforce",
+    "leadsquared",
+    "null",
+    "memory",
+}
