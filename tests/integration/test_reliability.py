@@ -286,9 +286,12 @@ def exolegs(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
 def test_dead_letters_list_show_replay_purge(
     pipeline_env: dict[str, str], simulator: Simulator, tmp_path: Path, jsonl_path: Path
 ) -> None:
+    # 500/10715 (error retrieving leg details) until the attempts run out: a dead
+    # letter. (10743/10744 would not be one: the callback's record is delivered.)
+    pipeline_env["RETRY_MAX_ATTEMPTS"] = "3"
     settings = Settings.from_env(pipeline_env, dotenv=False)
-    not_found = {"status": 404, "code": 10744}
-    simulator.script("dlq1", [not_found, not_found, not_found])
+    failing = {"status": 500, "code": 10715}
+    simulator.script("dlq1", [failing, failing, failing])
     worker = start_worker(pipeline_env, tmp_path / "w.log")
     try:
         book(settings, ["dlq1"])
@@ -297,10 +300,10 @@ def test_dead_letters_list_show_replay_purge(
         )
         [letter] = listed
         assert letter["call_sid"] == "dlq1" and letter["sink"] is None
-        assert letter["attempts"] == 3 and "10744" in letter["last_error"]
+        assert letter["attempts"] == 3 and "10715" in letter["last_error"]
         assert {"reason", "failed_at", "first_attempt_at", "last_attempt_at"} <= set(letter)
         shown = exolegs(pipeline_env, "dead", "show", "dlq1")
-        assert shown.returncode == 0 and "10744" in shown.stdout
+        assert shown.returncode == 0 and "10715" in shown.stdout
         replay = exolegs(pipeline_env, "dead", "replay", "dlq1")
         assert replay.returncode == 0 and "replayed 1" in replay.stdout
         wait_for(lambda: counts(jsonl_path)["dlq1"] == 1, timeout=30)
