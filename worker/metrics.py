@@ -435,7 +435,7 @@ def _histogram(counters: Mapping[str, float]) -> list[str]:
 
 
 def _num(value: float) -> str:
-    return str(int(value)) if value == int(value) else f"{value:.6g}"
+    return str(int(value)) if value == int(value) else repr(value)
 
 
 @dataclass(frozen=True)
