@@ -260,7 +260,8 @@ def test_garbage_never_disturbs_an_accepted_call_and_its_fetch_happens_once(
         time.sleep(1)
         assert len(simulator.requests_for("victim")) == 1
         assert len([r for r in read_jsonl(jsonl) if r["call_sid"] == "victim"]) == 1
-        assert simulator.requests_for("other") == [] and simulator.total() == 1
+        # the worker's reconcile sweeper may have listed calls meanwhile: only legs count
+        assert simulator.legs_requests() == {"victim": 1}
     finally:
         worker.stop()
         app.extensions["exolegs"].drainer.stop()

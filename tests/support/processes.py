@@ -152,4 +152,12 @@ class Simulator:
         return placed
 
     def total(self) -> int:
+        """Every request: legs fetches and the sweeper's Calls.json listings."""
         return int(requests.get(f"{self.url}/_sim/requests", timeout=5).json()["total"])
+
+    def legs_requests(self) -> dict[str, int]:
+        """Legs fetches per call sid; the listings (logged as ``Calls.json:<account>``) left out."""
+        by_call = requests.get(f"{self.url}/_sim/requests", timeout=5).json()["by_call"]
+        return {
+            sid: len(times) for sid, times in by_call.items() if not sid.startswith("Calls.json:")
+        }

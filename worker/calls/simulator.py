@@ -36,7 +36,8 @@ Control endpoints (not Exotel's; for tests and benchmarks), all JSON:
   "delay": seconds, "account": sid}``: without ``account``, for every account
   that has no mode of its own; with it, for that account only.
 * ``GET /_sim/requests`` -> ``{"total": n, "by_call": {sid: [unix times...]}, "by_status": {...},
-  "by_account": {account sid: {status: n}}}``
+  "by_account": {account sid: {status: n}}}``; Calls.json listings are in ``by_call`` under
+  ``Calls.json:<account sid>``.
 * ``POST /_sim/reset`` clears scripts, the mode, the request log and the rate window.
 """
 
