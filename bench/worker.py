@@ -59,7 +59,7 @@ from worker import jobs, keys
 from worker.calls.callbacks import CallbackEvent, event_from_fields
 from worker.calls.intake import Intake
 from worker.calls.simulator import SimulatorConfig
-from worker.jobs import ledger
+from worker.jobs import JobBook, ledger
 from worker.jobs.deadletters import DEAD
 
 RATIO_GOAL = 0.5
@@ -413,7 +413,7 @@ def report(runs: list[Run]) -> None:
     print()
     print(
         "one call = 1 fetch job + 1 delivery job per sink (1 sink here) = 2 jobs; under a "
-        "backlog the pump sends jobs of one kind to Celery in batches of up to 16"
+        f"backlog the pump sends jobs of one kind to Celery in batches of up to {JobBook.batch}"
     )
     print(
         f"calls/s ours / no-op tasks/s: {ratio:.2f} (mean {statistics.mean(ours):.0f} calls/s vs "
