@@ -22,6 +22,7 @@ from flask import (
     url_for,
 )
 from flask.typing import ResponseReturnValue
+from redis.exceptions import RedisError
 
 from web.ops import audit, data
 from web.ops.auth import (
@@ -98,6 +99,17 @@ def guard() -> ResponseReturnValue | None:
         log.warning("ops: %s %s refused: no valid CSRF token", request.method, request.path)
         return _refuse(403, "refused: this action needs the page's CSRF token")
     return None
+
+
+@bp.errorhandler(RedisError)
+def redis_down(err: RedisError) -> ResponseReturnValue:
+    """Sessions and everything shown live in Redis: say so, instead of a bare 500."""
+    log.warning("ops: Redis unreachable (%s)", type(err).__name__)
+    message = (
+        f"Redis is unreachable ({type(err).__name__}): the console keeps its sessions and "
+        "reads everything from Redis. Callbacks still reach the disk spool; /readyz says more."
+    )
+    return _refuse(503, message)
 
 
 @bp.after_request

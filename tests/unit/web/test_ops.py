@@ -281,3 +281,28 @@ def test_every_account_has_its_row_and_its_calls_are_found(
     assert view["account"] == "acme" and view["timeline"][0]["k"] == "callback"
     assert [s["name"] for s in view["sinks"]] == ["acme-file"]
     assert client.get("/ops/api/calls/CAacme1").status_code == 404  # not the default's
+
+
+def test_redis_down_is_said_not_a_500(tmp_path: Path) -> None:
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from tests.support.redis_server import free_port
+    from tests.unit.web.conftest import base_env
+    from web.app import create_app
+    from worker.runtime import Runtime
+
+    port = free_port()
+    env = {**base_env(f"redis://127.0.0.1:{port}/0", tmp_path), "OPS_PASSWORD": PASSWORD}
+    settings = Settings.from_env(env, dotenv=False)
+    dead = redis.Redis(port=port, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
+    app = create_app(settings, runtime=Runtime(settings, client=dead))
+    try:
+        client = app.test_client()
+        client.set_cookie("exolegs_ops", "some-session", path="/ops")
+        page = client.get("/ops/")
+        assert page.status_code == 503 and "Redis is unreachable" in page.text
+        api = client.get("/ops/api/overview")
+        assert api.status_code == 503 and "Redis is unreachable" in api.get_json()["error"]
+    finally:
+        app.extensions["exolegs"].drainer.stop()
