@@ -73,13 +73,18 @@ def write_dev_env(values: Mapping[str, str], *, pid: int, path: Path = DEV_ENV) 
 
 
 def _alive(pid: int) -> bool:
+    """Is ``pid`` still an exolegs process? (A reused pid is another program.)"""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True  # no /proc (macOS): the pid alone has to do
+    return b"exolegs" in cmdline or b"worker.cli" in cmdline
 
 
 def dev_values(path: Path = DEV_ENV) -> tuple[int | None, dict[str, str]]:

@@ -6,6 +6,7 @@ import os
 import stat
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,15 @@ def here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+@pytest.fixture
+def dev_pid() -> Iterator[int]:
+    """A running process that looks like ``exolegs dev`` (its command line says so)."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "exolegs", "dev"])
+    yield proc.pid
+    proc.kill()
+    proc.wait()
+
+
 def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
@@ -55,15 +65,15 @@ def test_private_files_are_owner_only_even_with_a_lax_umask(here: Path) -> None:
     assert [p.name for p in (here / "var").iterdir()] == ["secret"]  # no temporary left
 
 
-def test_a_running_instance_fills_what_nothing_explicit_sets(here: Path) -> None:
-    write_dev_env(DEV, pid=os.getpid())
+def test_a_running_instance_fills_what_nothing_explicit_sets(here: Path, dev_pid: int) -> None:
+    write_dev_env(DEV, pid=dev_pid)
     assert mode(here / "var" / "dev.env") == 0o600
-    assert dev_values() == (os.getpid(), DEV)
+    assert dev_values() == (dev_pid, DEV)
     assert overlay({}) == DEV
 
 
-def test_an_explicit_setting_wins_and_keeps_its_group_whole(here: Path) -> None:
-    write_dev_env(DEV, pid=os.getpid())
+def test_an_explicit_setting_wins_and_keeps_its_group_whole(here: Path, dev_pid: int) -> None:
+    write_dev_env(DEV, pid=dev_pid)
     taken = overlay({"REDIS_TLS_URL": "rediss://prod:6380", "EXOTEL_API_KEY": "real"})
     assert "REDIS_URL" not in taken  # the Redis URLs go together
     assert not any(name.startswith("EXOTEL_") for name in taken)  # never a mixed Exotel
@@ -84,13 +94,27 @@ def test_a_stopped_instance_is_ignored(here: Path) -> None:
     assert overlay({}) == {}
 
 
-def test_apply_sets_only_the_unset_variables(here: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    write_dev_env(DEV, pid=os.getpid())
+def test_apply_sets_only_the_unset_variables(
+    here: Path, monkeypatch: pytest.MonkeyPatch, dev_pid: int
+) -> None:
+    write_dev_env(DEV, pid=dev_pid)
     monkeypatch.setattr(os, "environ", {**os.environ, "CALLBACK_TOKEN": "mine-0123456789abcdef"})
     taken = apply_dev_env()
     assert os.environ["CALLBACK_TOKEN"] == "mine-0123456789abcdef"
     assert os.environ["REDIS_URL"] == DEV["REDIS_URL"]
     assert describe(taken) == "REDIS_URL, FETCH_DELAY_SECONDS, EXOTEL_*"
+
+
+def test_a_pid_reused_by_another_program_is_ignored(here: Path) -> None:
+    if not Path("/proc/self/cmdline").exists():
+        pytest.skip("needs /proc")
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        write_dev_env(DEV, pid=other.pid)
+        assert dev_values() == (None, {})
+    finally:
+        other.kill()
+        other.wait()
 
 
 def test_no_file_changes_nothing(here: Path) -> None:
