@@ -60,7 +60,7 @@ VARIANTS = {
     "make run": ("venv-run", []),
     "make run UV= (pip alone)": ("venv-run", ["UV="]),
     "make venv run (test tools too)": ("venv", []),
-    "make venv run UV= (pip, test tools)": ("venv", ["UV="]),
+    "make venv run UV= (pip + test tools)": ("venv", ["UV="]),
 }
 
 
@@ -164,7 +164,7 @@ def main() -> None:
         for other in (
             "make venv run (test tools too)",
             "make run UV= (pip alone)",
-            "make venv run UV= (pip, test tools)",
+            "make venv run UV= (pip + test tools)",
         ):
             if ours and other in times:
                 label = f"ratio make run / {other}"
