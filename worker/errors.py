@@ -92,7 +92,10 @@ EXOTEL_CODES: dict[tuple[int, int | None], Rule] = {
     (500, 10715): Rule(Kind.TRANSIENT, "error retrieving leg details", "retrying with backoff"),
     (429, 10724): Rule(Kind.RATE_LIMITED, "too many requests", "backing off for all workers"),
     (404, 10744): Rule(
-        Kind.TRANSIENT, "call not found", "retrying a few times, then dead-lettering", 3
+        Kind.TRANSIENT,
+        "call not found",
+        "retrying a few times, then delivering the callback's record without legs",
+        3,
     ),
     (404, 1017): Rule(
         Kind.CONFIG,
