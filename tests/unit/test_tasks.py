@@ -4,58 +4,16 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterator
-
-import pytest
-import redis
 
 from tests.support.processes import Simulator
 from worker import jobs, keys
 from worker.calls.callbacks import event_from_fields
-from worker.calls.simulator import SimulatorConfig, start_in_thread
 from worker.jobs import JobId, Outcome, ledger
 from worker.jobs.book import job_key
 from worker.jobs.circuit import open_circuits
 from worker.runtime import Runtime
-from worker.settings import Settings
 from worker.sinks.memory import MemorySink
 from worker.tasks import execute, run_batch
-
-
-@pytest.fixture(scope="module")
-def sim() -> Iterator[Simulator]:
-    server, url = start_in_thread(SimulatorConfig())
-    yield Simulator(url)
-    server.shutdown()
-
-
-@pytest.fixture
-def make_rt(env: dict[str, str], sim: Simulator, redis_client: redis.Redis):  # type: ignore[no-untyped-def]
-    sim.reset()
-    MemorySink.reset()
-    made: list[Runtime] = []
-
-    def build(**extra: str) -> Runtime:
-        config = SimulatorConfig()
-        settings = Settings.from_env(
-            {
-                **env,
-                "EXOTEL_BASE_URL": sim.url,
-                "EXOTEL_ACCOUNT_SID": config.account_sid,
-                "EXOTEL_API_KEY": config.api_key,
-                "EXOTEL_API_TOKEN": config.api_token,
-                "SINKS": "memory://a memory://b",
-                **extra,
-            },
-            dotenv=False,
-        )
-        rt = Runtime(settings, client=redis_client)
-        made.append(rt)
-        return rt
-
-    yield build
-    for rt in made:
-        rt.close()
 
 
 def accept(rt: Runtime, call_sid: str) -> None:

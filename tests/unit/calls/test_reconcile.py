@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from itertools import pairwise
 from typing import Any
 
 import pytest
-import redis
 
 from tests.support.processes import Simulator
 from worker import jobs, keys
@@ -17,46 +15,17 @@ from worker.calls.callbacks import event_from_fields
 from worker.calls.intake import call_facts
 from worker.calls.provenance import Source
 from worker.calls.reconcile import INDIA, Tier
-from worker.calls.simulator import SimulatorConfig, start_in_thread
 from worker.runtime import Runtime
 from worker.settings import Settings
 
 
-@pytest.fixture(scope="module")
-def sim() -> Iterator[Simulator]:
-    server, url = start_in_thread(SimulatorConfig())
-    yield Simulator(url)
-    server.shutdown()
-
-
 @pytest.fixture
-def make_rt(env: dict[str, str], sim: Simulator, redis_client: redis.Redis):  # type: ignore[no-untyped-def]
-    sim.reset()
-    made: list[Runtime] = []
-
-    def build(**extra: str) -> Runtime:
-        config = SimulatorConfig()
-        settings = Settings.from_env(
-            {
-                **env,
-                "EXOTEL_BASE_URL": sim.url,
-                "EXOTEL_ACCOUNT_SID": config.account_sid,
-                "EXOTEL_API_KEY": config.api_key,
-                "EXOTEL_API_TOKEN": config.api_token,
-                "SINKS": "memory://a",
-                "RECONCILE_GRACE": "0",
-                "EXOTEL_RATE_LIMIT": "100/second",  # the sweeper gets a tenth of it
-                **extra,
-            },
-            dotenv=False,
-        )
-        rt = Runtime(settings, client=redis_client)
-        made.append(rt)
-        return rt
-
-    yield build
-    for rt in made:
-        rt.close()
+def runtime_env() -> dict[str, str]:
+    return {
+        "SINKS": "memory://a",
+        "RECONCILE_GRACE": "0",
+        "EXOTEL_RATE_LIMIT": "100/second",  # the sweeper gets a tenth of it
+    }
 
 
 def default(rt: Runtime) -> Any:
