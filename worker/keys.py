@@ -71,6 +71,11 @@ def readiness(minute: int) -> str:
     return f"{PREFIX}:readiness:{minute}"
 
 
+def readiness_prefix() -> str:
+    """:func:`readiness` without its minute, for Lua that reads the minute off Redis's clock."""
+    return readiness(0)[:-1]
+
+
 def reconcile(account: str, what: str) -> str:
     """The sweeper's state per account: ``lock:<tier>``, ``last:<tier>``, ``backfill:<id>``."""
     return f"{PREFIX}:reconcile:{account}:{what}"

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+from worker import scripts
+
 if TYPE_CHECKING:
     from redis import Redis
     from redis.client import Pipeline
@@ -105,8 +107,7 @@ end
 
 
 # After LUA: observe one callback-to-last-sink duration (seconds) in the histogram.
-LUA_E2E = (
-    """
+LUA_E2E = """
 local function e2e(k_total, k_minute, k_hour, secs)
   local le = '+Inf'
   for b in string.gmatch('@BOUNDS@', '[^,]+') do
@@ -116,10 +117,7 @@ local function e2e(k_total, k_minute, k_hour, secs)
   metric(k_total, k_minute, k_hour, '@NAME@_count', 1)
   redis.call('HINCRBYFLOAT', k_total, '@NAME@_sum', string.format('%.3f', secs))
 end
-"""
-    .replace("@BOUNDS@", ",".join(str(b) for b in E2E_BUCKETS))
-    .replace("@NAME@", str(Counter.E2E))
-)
+""".replace("@BOUNDS@", ",".join(str(b) for b in E2E_BUCKETS)).replace("@NAME@", str(Counter.E2E))
 
 
 def _escape(value: str) -> str:
@@ -223,9 +221,7 @@ return 1
 
 def observe_since(pipe: Pipeline, kind: str, name: str, start_key: str, field: str) -> None:
     """Add "now minus the time in ``start_key``'s ``field``" to a latency list (Redis's clock)."""
-    from redis.commands.core import Script
-
-    Script(pipe, _SINCE)(keys=[latency_key(kind, name), start_key], args=[field], client=pipe)
+    scripts.queue(pipe, _SINCE, [latency_key(kind, name), start_key], [field])
 
 
 def pump_alive(redis: Redis, pump_id: str) -> None:

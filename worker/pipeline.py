@@ -17,11 +17,13 @@ from worker import jobs, keys, metrics
 from worker.calls import readiness, stored, timeline
 from worker.calls.intake import (
     CALLBACK_FIELDS,
-    call_facts,
-    first_fetch,
+    FACT_FIELDS,
+    CallFacts,
+    facts_of,
+    mark_fetch_tried,
     mark_legs_unavailable,
     parse_callback,
-    pending_upgrade,
+    queue_pending_upgrade,
     upgrade_sinks,
     upgraded,
 )
@@ -33,7 +35,7 @@ from worker.errors import (
     PermanentError,
     RateLimitedError,
 )
-from worker.jobs import JobId, ledger
+from worker.jobs import Commit, JobId, ledger
 from worker.jobs.book import job_key
 from worker.settings import DEFAULT_ACCOUNT, Account, Rate
 from worker.sinks import fleet
@@ -62,12 +64,6 @@ def take_slot(rt: Runtime, job_id: str, limit_name: str, rate: Rate) -> None:
         raise Deferred(wait, f"waiting {wait:.2f}s for its {limit_name} rate-limit slot")
     if wait < 0:
         raise Deferred(-wait * random.uniform(1.0, 1.5), f"{limit_name} gate closed")
-
-
-def load_record(rt: Runtime, call_sid: str, account: str = DEFAULT_ACCOUNT) -> CallRecord | None:
-    """The stored record; the call's state gets another RETENTION_HOURS in the same trip."""
-    raw = ledger.keep_alive(rt.redis, call_sid, rt.settings.retention_seconds, account)
-    return stored.loads(raw) if raw else None
 
 
 def build_call_record(
@@ -118,13 +114,16 @@ def legs_absent(err: ExolegsError) -> bool:
 
 
 def _fetch_legs(
-    rt: Runtime, acct: Account, call_sid: str, circuit_open: bool | None
+    rt: Runtime, acct: Account, call_sid: str, circuit_open: bool | None, facts: CallFacts
 ) -> dict[str, Any]:
-    """One legs request; a call's first one is counted for legs readiness."""
+    """One legs request; a call's first one that finds no legs yet is counted for readiness.
+
+    A first one that finds them is counted with the record (:func:`_book_deliveries`).
+    """
     account = acct.name
     client = rt.exotel_for(account)
     try:
-        body = call_upstream(
+        return call_upstream(
             rt,
             jobs.fetch_id(call_sid, account),
             acct.limit_name,
@@ -133,16 +132,13 @@ def _fetch_legs(
             circuit_open=circuit_open,
         )
     except ExolegsError as err:
-        if _code(err) == LEGS_NOT_READY and first_fetch(rt.redis, call_sid, account):
-            readiness.note_first_fetch(rt.redis, rt.settings, ready=False, terminal_at=None)
+        if _code(err) == LEGS_NOT_READY and not facts.fetch_tried:
+            pipe = rt.redis.pipeline(transaction=False)
+            mark_fetch_tried(pipe, call_sid, account)
+            readiness.note_first_fetch(pipe, rt.settings, ready=False, terminal_at=None)
+            pipe.execute()
+            readiness.maybe_adjust(rt.redis, rt.settings)
         raise
-    if first_fetch(rt.redis, call_sid, account):
-        facts = call_facts(rt.redis, call_sid, account)
-        if facts.source is Source.CALLBACK:  # a swept call's end was heard of late
-            readiness.note_first_fetch(
-                rt.redis, rt.settings, ready=True, terminal_at=facts.terminal_at
-            )
-    return body
 
 
 def _book_deliveries(
@@ -153,15 +149,18 @@ def _book_deliveries(
     names: set[str],
     *,
     upgrade: bool = False,
-    fetched: bool = False,
+    fetched: CallFacts | None = None,
+    commit: Commit | None = None,
 ) -> None:
     """Keep the record (unless None) and book a delivery per sink in ``names``, in one round trip.
 
     ``upgrade``: the legs came after a record built without them was
     delivered; only sinks that update in place (upsert, CRM external id)
     get the full record, the rest keep the one they have. ``fetched``: the
-    legs were just fetched: counted and put on the call's timeline in the
-    same MULTI.
+    legs were just fetched (these are the call's facts from before): counted,
+    put on the call's timeline and, for its first fetch, on the readiness
+    count in the same MULTI. ``commit`` queues the caller's own end of the
+    work (the fetch job's finish) in that MULTI too.
     """
     if upgrade:
         sinks = rt.sinks_of(account)
@@ -178,10 +177,14 @@ def _book_deliveries(
     if record is not None:
         retention = rt.settings.retention_seconds
         timeline.index_numbers(pipe, call_sid, timeline.numbers_in(record), retention, account)
-    if fetched:
-        _legs_fetched(rt, pipe, call_sid, account)
+    if fetched is not None:
+        _legs_fetched(rt, pipe, call_sid, account, fetched)
     rt.book.schedule_many([jobs.deliver_id(call_sid, name, account) for name in names], pipe=pipe)
+    if commit is not None:
+        commit(pipe)
     pipe.execute()
+    if fetched is not None and not fetched.fetch_tried:
+        readiness.maybe_adjust(rt.redis, rt.settings)
 
 
 def deliver_without_legs(
@@ -195,10 +198,11 @@ def deliver_without_legs(
     pipe = rt.redis.pipeline(transaction=False)
     pipe.exists(keys.record(call_sid, account))
     pipe.hmget(keys.call(call_sid, account), CALLBACK_FIELDS)
-    exists, raw_callback = pipe.execute()
+    pipe.hmget(keys.call(call_sid, account), FACT_FIELDS)
+    exists, raw_callback, raw_facts = pipe.execute()
     if exists:
         return None
-    source = call_facts(rt.redis, call_sid, account).source
+    source = facts_of(raw_facts).source
     record = build_call_record(rt, None, parse_callback(raw_callback), account, source)
     mark_legs_unavailable(rt.redis, call_sid, account)
     names = set(rt.sinks_of(account)) | fleet.live(rt.redis.hgetall(keys.SINKS), account)
@@ -313,15 +317,22 @@ def fetch_call(
     *,
     account: str = DEFAULT_ACCOUNT,
     circuit_open: bool | None = None,
+    commit: Commit | None = None,
 ) -> CallRecord:
-    """Fetch the legs once, keep the record, and book one delivery per sink of the account."""
+    """Fetch the legs once, keep the record, and book one delivery per sink of the account.
+
+    ``commit`` is queued in the ``MULTI`` that keeps the record and books its
+    deliveries: the fetch job ends in the same atomic step.
+    """
     acct = account_of(rt, account, call_sid)
     pipe = rt.redis.pipeline(transaction=False)
     # GETs the record and gives the call's state another RETENTION_HOURS.
     ledger.keep_alive(pipe, call_sid, rt.settings.retention_seconds, account)
-    pipe.hmget(keys.call(call_sid, account), CALLBACK_FIELDS)
+    pipe.hmget(keys.call(call_sid, account), [*CALLBACK_FIELDS, *FACT_FIELDS])
     pipe.hgetall(keys.SINKS)
-    raw_record, raw_callback, announced = pipe.execute()
+    raw_record, raw_call, announced = pipe.execute()
+    n = len(CALLBACK_FIELDS)
+    raw_callback, facts = raw_call[:n], facts_of(raw_call[n:])
     # Every sink of the account that a running worker knows, not only ours: in
     # a rolling deploy that adds a sink, a call fetched by an old worker must
     # reach it too.
@@ -330,24 +341,40 @@ def fetch_call(
     if kept is not None and kept.get("legs") != Legs.UNAVAILABLE:
         # Its deliveries again; a sink that already has the call finishes its
         # delivery job at once (the ledger says so).
-        _book_deliveries(rt, call_sid, account, None, names)
+        _book_deliveries(rt, call_sid, account, None, names, commit=commit)
         return kept
-    body = _fetch_legs(rt, acct, call_sid, circuit_open)
-    source = call_facts(rt.redis, call_sid, account).source
-    record = build_call_record(rt, body, parse_callback(raw_callback), account, source)
+    body = _fetch_legs(rt, acct, call_sid, circuit_open, facts)
+    record = build_call_record(rt, body, parse_callback(raw_callback), account, facts.source)
     _book_deliveries(
-        rt, call_sid, account, record, names, upgrade=kept is not None, fetched=True
+        rt,
+        call_sid,
+        account,
+        record,
+        names,
+        upgrade=kept is not None,
+        fetched=facts,
+        commit=commit,
     )
     return record
 
 
-def _legs_fetched(rt: Runtime, pipe: Pipeline, call_sid: str, account: str) -> None:
-    """Count the fetch, time it from the first callback, put it on the call's timeline."""
+def _legs_fetched(
+    rt: Runtime, pipe: Pipeline, call_sid: str, account: str, facts: CallFacts
+) -> None:
+    """Count the fetch, time it from the first callback, put it on the call's timeline.
+
+    A call's first fetch also goes on the readiness count (a call the
+    sweeper found late says nothing about how soon Exotel has legs).
+    """
     retention = rt.settings.retention_seconds
     metrics.count(pipe, metrics.Counter.LEGS_FETCHES, account=account, code="200")
     item = timeline.entry(timeline.Kind.LEGS, "done", code="200")
     timeline.append(pipe, call_sid, item, retention, account)
     metrics.observe_since(pipe, "legs", account, keys.call(call_sid, account), "received_at")
+    if not facts.fetch_tried:
+        mark_fetch_tried(pipe, call_sid, account)
+        if facts.source is Source.CALLBACK:
+            readiness.note_first_fetch(pipe, rt.settings, ready=True, terminal_at=facts.terminal_at)
 
 
 def _upstream_failed(rt: Runtime, job_id: str, name: str, err: Exception) -> None:
@@ -413,17 +440,29 @@ def deliver_call(
     force: bool = False,
     circuit_open: bool | None = None,
     failing: bool = True,
+    commit: Commit | None = None,
 ) -> bool:
-    """Deliver the stored record to one sink; True when it was delivered now."""
+    """Deliver the stored record to one sink; True when it was delivered now.
+
+    ``commit`` is queued with the ledger's last write for the call and sink.
+    """
     account_of(rt, account, call_sid)
     job_id = jobs.deliver_id(call_sid, sink_name, account)
     sink = rt.sinks_of(account).get(sink_name)
     if sink is None:
         hand_back_unknown_sink(rt, job_id, call_sid, sink_name, account)
     assert sink is not None
-    record = load_record(rt, call_sid, account) or refetch(rt, call_sid, job_id, account)
     # The legs came after a record without them: this sink updates in place.
-    upgrade = pending_upgrade(rt.redis, call_sid, sink_name, account)
+    record, upgrade = _load_for(rt, call_sid, sink_name, account)
+    if record is None:
+        record = refetch(rt, call_sid, job_id, account)
+
+    def done(pipe: Pipeline) -> None:
+        if upgrade:
+            upgraded(pipe, call_sid, sink_name, account)
+        if commit is not None:
+            commit(pipe)
+
     delivered = call_upstream(
         rt,
         job_id,
@@ -437,13 +476,26 @@ def deliver_call(
             force=force or upgrade,
             account=account,
             all_sinks=tuple(rt.sinks_of(account)),
+            commit=done,
         ),
         circuit_open=circuit_open,
         failing=failing,
     )
-    if upgrade:
-        upgraded(rt.redis, call_sid, sink_name, account)
     return delivered
+
+
+def _load_for(
+    rt: Runtime, call_sid: str, sink_name: str, account: str
+) -> tuple[CallRecord | None, bool]:
+    """The stored record and whether ``sink_name`` awaits its upgrade, in one round trip.
+
+    The call's state gets another RETENTION_HOURS in the same trip.
+    """
+    pipe = rt.redis.pipeline(transaction=False)
+    ledger.keep_alive(pipe, call_sid, rt.settings.retention_seconds, account)
+    queue_pending_upgrade(pipe, call_sid, sink_name, account)
+    raw, upgrade = pipe.execute()
+    return (stored.loads(raw) if raw else None), bool(upgrade)
 
 
 def refetch(rt: Runtime, call_sid: str, job_id: str, account: str) -> CallRecord:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from worker import jobs, keys, metrics, pipeline
 from worker.celery_app import app
@@ -20,6 +21,9 @@ from worker.jobs.retry import decide
 from worker.logs import bind, log_context
 from worker.runtime import Runtime
 from worker.settings import DEFAULT_ACCOUNT
+
+if TYPE_CHECKING:
+    from redis.client import Pipeline
 
 log = logging.getLogger("exolegs.tasks")
 
@@ -102,11 +106,23 @@ def execute(rt: Runtime, job: JobId, token: str) -> Outcome:
     context = f"call={job.call_sid} job={job_id}"
     attempt = started.attempt
     bind(attempt=attempt)  # undone with the run's log_context
+    committed = False
+
+    def commit(pipe: Pipeline) -> None:
+        """The job ends in the MULTI that writes its result (the record, the ledger)."""
+        nonlocal committed
+        rt.book.finish(job_id, token, pipe=pipe)
+        committed = True
+
     with rt.heartbeat.run(job_id, token):
         try:
             if job.kind == jobs.FETCH:
                 pipeline.fetch_call(
-                    rt, job.call_sid, account=job.account, circuit_open=started.circuit_open
+                    rt,
+                    job.call_sid,
+                    account=job.account,
+                    circuit_open=started.circuit_open,
+                    commit=commit,
                 )
             else:
                 pipeline.deliver_call(
@@ -117,6 +133,7 @@ def execute(rt: Runtime, job: JobId, token: str) -> Outcome:
                     force=started.force,
                     circuit_open=started.circuit_open,
                     failing=started.failing,
+                    commit=commit,
                 )
         except Deferred as wait:
             rt.book.release(job_id, token, wait.delay, undo_attempt=True)
@@ -132,7 +149,8 @@ def execute(rt: Runtime, job: JobId, token: str) -> Outcome:
             # Cancelled (a cold shutdown, a hard time limit): due again now, under a new claim.
             rt.book.release(job_id, token, 0)
             raise
-        rt.book.finish(job_id, token)  # also drops the lock
+        if not committed:
+            rt.book.finish(job_id, token)  # also drops the lock
     log.info("%s done (attempt %d)", context, attempt)
     return Outcome.DONE
 
@@ -189,6 +207,7 @@ def _failed(rt: Runtime, job: JobId, token: str, attempt: int, err: ExolegsError
 def start_pump() -> Pump:
     rt = app.runtime()
     app.pump = Pump(rt.book, dispatch, queue=app.conf.task_default_queue).start()
+
     def backlog() -> tuple[int, int]:
         found = rt.book.backlog(sample=1)
         return int(found["booked"]), int(found["overdue"])

@@ -205,9 +205,7 @@ class Intake:
         )
         return Accepted(duplicate=result == 0, fetch_booked=result == 2, dropped=result == 3)
 
-    def known(
-        self, call_sids: list[str], account: str = DEFAULT_ACCOUNT
-    ) -> dict[str, CallState]:
+    def known(self, call_sids: list[str], account: str = DEFAULT_ACCOUNT) -> dict[str, CallState]:
         """What exolegs already has of each call (one round trip); absent: never booked."""
         pipe = self.redis.pipeline(transaction=False)
         for sid in call_sids:
@@ -240,11 +238,15 @@ def upgrade_sinks(
     pipe.hdel(key, "legs_unavailable")
 
 
-def pending_upgrade(redis: Redis, call_sid: str, sink: str, account: str = DEFAULT_ACCOUNT) -> bool:
-    return bool(redis.hexists(keys.call(call_sid, account), f"upgrade:{sink}"))
+def queue_pending_upgrade(
+    pipe: Any, call_sid: str, sink: str, account: str = DEFAULT_ACCOUNT
+) -> None:
+    """Queue on ``pipe``: does ``sink`` await the record with its legs? (0 or 1 there)."""
+    pipe.hexists(keys.call(call_sid, account), f"upgrade:{sink}")
 
 
-def upgraded(redis: Redis, call_sid: str, sink: str, account: str = DEFAULT_ACCOUNT) -> None:
+def upgraded(redis: Redis | Any, call_sid: str, sink: str, account: str = DEFAULT_ACCOUNT) -> None:
+    """``sink`` has the record with its legs (on a client, or queued on a pipeline)."""
     redis.hdel(keys.call(call_sid, account), f"upgrade:{sink}")
 
 
@@ -332,18 +334,28 @@ class CallFacts:
 
     source: Source
     terminal_at: float | None
+    fetch_tried: bool = False  # a legs fetch was already made for the call
 
 
-def call_facts(redis: Redis, call_sid: str, account: str = DEFAULT_ACCOUNT) -> CallFacts:
-    raw_source, raw_at = redis.hmget(keys.call(call_sid, account), ["source", "terminal_at"])
+#: The call hash's fields behind :class:`CallFacts`, to read with the callback in one HMGET.
+FACT_FIELDS = ["source", "terminal_at", "fetch_tried"]
+
+
+def facts_of(raw: list[Any]) -> CallFacts:
+    """``HMGET call-hash *FACT_FIELDS`` -> :class:`CallFacts`."""
+    raw_source, raw_at, tried = raw
     text = raw_source.decode() if isinstance(raw_source, bytes) else raw_source
     try:
         source = Source(text) if text else Source.CALLBACK
     except ValueError:
         source = Source.CALLBACK
-    return CallFacts(source, float(raw_at) if raw_at else None)
+    return CallFacts(source, float(raw_at) if raw_at else None, bool(tried))
 
 
-def first_fetch(redis: Redis, call_sid: str, account: str = DEFAULT_ACCOUNT) -> bool:
-    """True only the first time it is asked for a call: was this its first legs fetch?"""
-    return bool(redis.hsetnx(keys.call(call_sid, account), "fetch_tried", "1"))
+def call_facts(redis: Redis, call_sid: str, account: str = DEFAULT_ACCOUNT) -> CallFacts:
+    return facts_of(redis.hmget(keys.call(call_sid, account), FACT_FIELDS))
+
+
+def mark_fetch_tried(pipe: Any, call_sid: str, account: str = DEFAULT_ACCOUNT) -> None:
+    """Queue on ``pipe``: the call has had its first legs fetch."""
+    pipe.hset(keys.call(call_sid, account), "fetch_tried", "1")

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from redis import Redis
+from redis.client import Pipeline
 
-from worker import keys
+from worker import keys, scripts
 
 if TYPE_CHECKING:
     from worker.settings import Settings
@@ -39,19 +40,25 @@ STEP = 1.5
 MIN_SAMPLES = 10
 _ADJUST_LOCK = f"{DELAY_KEY}:adjusting"
 
-# KEYS: minute hash, delay key, adjust lock. ARGV: ready, elapsed, ttl.
+# ARGV: minute-key prefix, ready ('1'), terminal time ('' unknown), ttl. The
+# minute and the time to ready are read off Redis's clock here.
 _NOTE = """
-redis.call('HINCRBY', KEYS[1], 'first', 1)
-if ARGV[1] == '1' then
-  redis.call('HINCRBY', KEYS[1], 'ready', 1)
-  if ARGV[2] ~= '' then
-    redis.call('HINCRBYFLOAT', KEYS[1], 'ready_seconds', ARGV[2])
-    redis.call('HINCRBY', KEYS[1], 'timed', 1)
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local key = ARGV[1] .. math.floor(now / 60)
+redis.call('HINCRBY', key, 'first', 1)
+if ARGV[2] == '1' then
+  redis.call('HINCRBY', key, 'ready', 1)
+  local terminal = tonumber(ARGV[3])
+  if terminal then
+    local seconds = string.format('%.3f', math.max(0, now - terminal))
+    redis.call('HINCRBYFLOAT', key, 'ready_seconds', seconds)
+    redis.call('HINCRBY', key, 'timed', 1)
   end
 else
-  redis.call('HINCRBY', KEYS[1], 'not_ready', 1)
+  redis.call('HINCRBY', key, 'not_ready', 1)
 end
-redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('EXPIRE', key, ARGV[4])
 return 1
 """
 
@@ -134,18 +141,35 @@ def readyz_fields(redis: Redis, settings: Settings) -> dict[str, float | bool]:
 
 
 def note_first_fetch(
-    redis: Redis, settings: Settings, *, ready: bool, terminal_at: float | None
+    redis: Redis | Pipeline, settings: Settings, *, ready: bool, terminal_at: float | None
 ) -> None:
-    """Count one call's first legs fetch, then adjust the delay (at most once a minute)."""
-    now = _now(redis)
-    elapsed = f"{max(0.0, now - terminal_at):.3f}" if ready and terminal_at else ""
-    minute = int(now // 60)
-    redis.register_script(_NOTE)(
-        keys=[keys.readiness(minute), DELAY_KEY, _ADJUST_LOCK],
-        args=["1" if ready else "0", elapsed, (WINDOW_MINUTES + 5) * 60],
-    )
+    """Count one call's first legs fetch (queued on a pipeline, or at once).
+
+    The delay itself is adjusted by :func:`maybe_adjust`, at most once a
+    minute; on a plain client that is tried here too.
+    """
+    args = [keys.readiness_prefix(), "1" if ready else "0", terminal_at or "", _MINUTE_TTL]
+    if isinstance(redis, Pipeline):
+        scripts.queue(redis, _NOTE, [], args)
+        return
+    redis.eval(_NOTE, 0, *args)
+    maybe_adjust(redis, settings)
+
+
+_MINUTE_TTL = (WINDOW_MINUTES + 5) * 60
+#: When this process may next try to adjust (monotonic); the Redis lock decides among processes.
+_next_adjust = 0.0
+
+
+def maybe_adjust(redis: Redis, settings: Settings) -> None:
+    """Adjust the delay if no process did in the last minute (one SET per process per minute)."""
+    global _next_adjust
+    now = time.monotonic()
+    if now < _next_adjust:
+        return
+    _next_adjust = now + 60.0
     if redis.set(_ADJUST_LOCK, "1", nx=True, ex=60):
-        adjust(redis, settings, now=now)
+        adjust(redis, settings)
 
 
 def summary(redis: Redis, settings: Settings, *, now: float | None = None) -> Readiness:

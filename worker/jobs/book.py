@@ -22,24 +22,29 @@ Leases are fenced:
   lock would end. A killed worker's lock is not renewed, so its work comes
   back within one lease.
 - Deliveries to one sink have at most ``sink_concurrency`` claimed messages
-  in flight across all workers, so a slow sink holds up only itself.
+  in flight across all workers, so a slow sink holds up only itself. A job
+  that finds its sink at the cap waits on the sink's waiting list and is
+  due again the moment a message of that sink finishes (or after
+  ``cap_wait`` seconds, should that message's worker die).
 
 One clock: every score, deadline and TTL is computed from Redis ``TIME``
 inside Lua. Callers pass only relative delays, so a worker whose clock is off
 behaves exactly like one in sync.
 
 This module alone names the book's keys (:data:`JOBS`, :func:`job_key`,
-:func:`lock_key`, :func:`slots_key`); code outside ``worker.jobs`` calls the
+:func:`lock_key`, :func:`slots_key`, :func:`waiting_key`); code outside ``worker.jobs`` calls the
 book's methods.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+from worker import scripts
 from worker.keys import PREFIX
 from worker.settings import DEFAULT_ACCOUNT
 
@@ -53,6 +58,10 @@ FETCH = "fetch"
 DELIVER = "deliver"
 
 JOBS = f"{PREFIX}:jobs"  # sorted set: job id -> due time (Redis clock, unix seconds)
+
+#: Queues a run's own end (its job's :meth:`JobBook.finish`) on the ``MULTI``
+#: that writes the run's result, so the two commit together.
+Commit = Callable[["Pipeline"], object]
 
 
 def job_key(job_id: str) -> str:
@@ -68,6 +77,11 @@ def lock_key(job_id: str) -> str:
 def slots_key(sink: str) -> str:
     """Sorted set of a sink's messages in flight (member -> expiry), for its concurrency cap."""
     return f"{PREFIX}:slots:{sink}"
+
+
+def waiting_key(sink: str) -> str:
+    """Sorted set of a sink's jobs waiting for a free slot (job id -> the due time they got)."""
+    return f"{PREFIX}:slotwait:{sink}"
 
 
 class Outcome(StrEnum):
@@ -92,10 +106,11 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 
 # The pump's claim. KEYS: jobs, broker queue. ARGV: lease s, max jobs, high
 # water (messages), max wait in the queue (s), sink cap, batch size, job-key
-# prefix, slots-key prefix, cap wait (s).
+# prefix, slots-key prefix, cap wait (s), waiting-key prefix.
 # Returns {now, token, n, id1..idn, n, ...}: one group of jobs of one kind,
 # account (and sink) per message to send. Jobs whose run is alive move to their lock's end; jobs
-# of a sink at its cap move cap-wait seconds on; the rest are claimed with
+# of a sink at its cap move cap-wait seconds on and join the sink's waiting
+# list (a freed slot brings them back sooner); the rest are claimed with
 # the token now + lease.
 _CLAIM = (
     _NOW
@@ -146,7 +161,9 @@ for _, id in ipairs(due) do
       end
       table.insert(groups[gk].ids, id)
     else
-      redis.call('ZADD', KEYS[1], 'XX', string.format('%.6f', now + tonumber(ARGV[9])), id)
+      local later = string.format('%.6f', now + tonumber(ARGV[9]))
+      redis.call('ZADD', KEYS[1], 'XX', later, id)
+      redis.call('ZADD', ARGV[10] .. sink, later, id)
     end
   end
 end
@@ -171,6 +188,30 @@ for _, gk in ipairs(order) do
   end
 end
 return out
+"""
+)
+
+# A message of a sink is done. KEYS: jobs, the sink's slots, its waiting list.
+# ARGV: the slot's member, how many waiting jobs to wake. Frees the slot and
+# makes that many of the sink's waiting jobs due now, each only if it still
+# waits where the claim put it (finished, re-claimed or rescheduled jobs are
+# left alone, so nothing runs before it is due).
+_FREE_SLOT = (
+    _NOW
+    + """
+redis.call('ZREM', KEYS[2], ARGV[1])
+local waiting = redis.call('ZRANGE', KEYS[3], 0, tonumber(ARGV[2]) - 1, 'WITHSCORES')
+local woken = 0
+for i = 1, #waiting, 2 do
+  local id = waiting[i]
+  redis.call('ZREM', KEYS[3], id)
+  local score = redis.call('ZSCORE', KEYS[1], id)
+  if score and tonumber(score) == tonumber(waiting[i + 1]) then
+    redis.call('ZADD', KEYS[1], 'XX', string.format('%.6f', now), id)
+    woken = woken + 1
+  end
+end
+return woken
 """
 )
 
@@ -371,7 +412,7 @@ class JobBook:
     lease_seconds: float = 120.0
     sink_concurrency: int = 0  # messages in flight per sink; 0 = no cap
     batch: int = 32  # jobs per message at most, under a backlog
-    cap_wait: float = 0.5
+    cap_wait: float = 2.0  # a job at its sink's cap, should no freed slot wake it sooner
 
     def __post_init__(self) -> None:
         self._claim = self.redis.register_script(_CLAIM)
@@ -382,6 +423,7 @@ class JobBook:
         self._renew = self.redis.register_script(_RENEW)
         self._requeue = self.redis.register_script(_REQUEUE)
         self._older_than = self.redis.register_script(_OLDER_THAN)
+        self._free_slot = self.redis.register_script(_FREE_SLOT)
 
     @property
     def key(self) -> str:
@@ -402,8 +444,13 @@ class JobBook:
         self, job_ids: list[str], delay: float = 0.0, *, pipe: Pipeline | None = None
     ) -> None:
         """Book each job not booked yet, ``delay`` seconds from now (in ``pipe`` when given)."""
-        if job_ids:
-            self._schedule(keys=[JOBS], args=[max(0.0, delay), "nx", *job_ids], client=pipe)
+        if not job_ids:
+            return
+        args: list[Any] = [max(0.0, delay), "nx", *job_ids]
+        if pipe is None:
+            self._schedule(keys=[JOBS], args=args)
+        else:
+            scripts.queue(pipe, self._schedule, [JOBS], args)
 
     def reschedule(self, job_id: str, delay: float) -> bool:
         """Move a booked job, unfenced (an operator's or a test's nudge); False if not booked."""
@@ -444,6 +491,7 @@ class JobBook:
                 job_key(""),
                 slots_key(""),
                 self.cap_wait,
+                waiting_key(""),
             ],
         )
         if len(raw) < 2:
@@ -491,11 +539,17 @@ class JobBook:
             failures is None or bool(raw[3]),
         )
 
-    def finish(self, job_id: str, token: str) -> bool:
-        """Done: out of the book with its state and lock; False if another claim's run owns it."""
-        return bool(
-            self._finish(keys=[JOBS, job_key(job_id), lock_key(job_id)], args=[job_id, token])
-        )
+    def finish(self, job_id: str, token: str, *, pipe: Pipeline | None = None) -> bool:
+        """Done: out of the book with its state and lock; False if another claim's run owns it.
+
+        With ``pipe``, only queued there, so the end of the job commits with
+        what the run wrote in the same ``MULTI``; returns True.
+        """
+        job_keys = [JOBS, job_key(job_id), lock_key(job_id)]
+        if pipe is not None:
+            scripts.queue(pipe, self._finish, job_keys, [job_id, token])
+            return True
+        return bool(self._finish(keys=job_keys, args=[job_id, token]))
 
     def release(
         self,
@@ -539,9 +593,17 @@ class JobBook:
             args += [slots_key(sink), member]
         return int(self._renew(keys=[], args=args))
 
-    def free_slot(self, sink: str, member: str) -> None:
-        """A message of ``sink`` is done: its place under the cap is free."""
-        self.redis.zrem(slots_key(sink), member)
+    def free_slot(self, sink: str, member: str) -> int:
+        """A message of ``sink`` is done: its place under the cap is free.
+
+        Up to a message's worth of the sink's jobs that were waiting for a
+        slot are due now; returns how many.
+        """
+        return int(
+            self._free_slot(
+                keys=[JOBS, slots_key(sink), waiting_key(sink)], args=[member, self.batch]
+            )
+        )
 
     # -------------------------------------------------------------- state
     def now(self) -> float:

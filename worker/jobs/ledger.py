@@ -18,14 +18,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from worker import keys, metrics
+from worker import keys, metrics, scripts
 from worker.calls import timeline
+from worker.jobs.book import Commit
 from worker.settings import DEFAULT_ACCOUNT
 
 if TYPE_CHECKING:
     from redis import Redis
     from redis.client import Pipeline
-    from redis.commands.core import Script
 
     from worker.sinks.base import CallRecord, Sink
 
@@ -112,12 +112,6 @@ return state or ''
 )
 
 
-def _scripts(redis: Redis | Pipeline) -> Script:
-    from redis.commands.core import Script
-
-    return Script(redis, _KEEP_ALIVE)
-
-
 def _state(
     redis: Redis, call_sid: str, sink_name: str, account: str = DEFAULT_ACCOUNT
 ) -> str | None:
@@ -149,11 +143,20 @@ def mark_delivered(
     *,
     outcome: metrics.DeliveryOutcome = metrics.DeliveryOutcome.DELIVERED,
     all_sinks: Iterable[str] = (),
+    commit: Commit | None = None,
 ) -> None:
-    """The sink has the call: ledger, counters, timeline and latency in one script."""
+    """The sink has the call: ledger, counters, timeline and latency in one script.
+
+    ``commit`` queues the caller's end of the work (the delivery job's
+    finish) in the same ``MULTI``: the ledger entry and the end of the job
+    are one atomic step, in one round trip.
+    """
     item = timeline.entry(timeline.Kind.DELIVER, outcome, sink=sink_name)
-    redis.register_script(_MARK)(
-        keys=[
+    pipe = redis.pipeline(transaction=True)
+    scripts.queue(
+        pipe,
+        _MARK,
+        [
             keys.ledger(call_sid, account),
             keys.call(call_sid, account),
             timeline.key(call_sid, account),
@@ -161,7 +164,7 @@ def mark_delivered(
             metrics.latency_key("sink", sink_name),
             metrics.SINKS,
         ],
-        args=[
+        [
             sink_name,
             metrics.series(
                 metrics.Counter.DELIVERIES, sink=sink_name, outcome=outcome, account=account
@@ -172,6 +175,9 @@ def mark_delivered(
             *(all_sinks or (sink_name,)),
         ],
     )
+    if commit is not None:
+        commit(pipe)
+    pipe.execute()
 
 
 def state_keys(call_sid: str, account: str = DEFAULT_ACCOUNT) -> list[str]:
@@ -196,8 +202,14 @@ def keep_alive(
     well under the retention: :func:`worker.jobs.retry.decide`).
     On a pipeline it is queued, and the record comes back with the pipeline's results.
     """
-    script = _scripts(redis)
-    raw = script(keys=state_keys(call_sid, account), args=[retention_seconds], client=redis)
+    from redis.client import Pipeline
+
+    if isinstance(redis, Pipeline):
+        scripts.queue(redis, _KEEP_ALIVE, state_keys(call_sid, account), [retention_seconds])
+        return None
+    raw = redis.register_script(_KEEP_ALIVE)(
+        keys=state_keys(call_sid, account), args=[retention_seconds]
+    )
     return raw if isinstance(raw, bytes) else (raw.encode() if isinstance(raw, str) else None)
 
 
@@ -210,11 +222,13 @@ def deliver_once(
     force: bool = False,
     account: str = DEFAULT_ACCOUNT,
     all_sinks: Iterable[str] = (),
+    commit: Commit | None = None,
 ) -> bool:
     """Deliver unless the ledger says this sink has the call; True when delivered now.
 
     The ledger lives in the account's namespace: a sink several accounts
-    share gets each account's call once.
+    share gets each account's call once. ``commit`` is queued with the
+    ledger's last write (see :func:`mark_delivered`).
     """
     call_sid = str(record["call_sid"])
     raw = redis.register_script(_CLAIM)(
@@ -224,9 +238,13 @@ def deliver_once(
     prior = raw.decode() if isinstance(raw, bytes) else str(raw)
     if prior and not prior.startswith(PENDING) and not force:
         already = metrics.DeliveryOutcome.ALREADY
-        metrics.incr(
-            redis, metrics.Counter.DELIVERIES, sink=sink.name, outcome=already, account=account
+        pipe = redis.pipeline(transaction=True)
+        metrics.count(
+            pipe, metrics.Counter.DELIVERIES, sink=sink.name, outcome=already, account=account
         )
+        if commit is not None:
+            commit(pipe)
+        pipe.execute()
         return False
     if prior.startswith(PENDING) and not force and not sink.native_idempotency:
         # An earlier attempt died mid-delivery: ask the destination before writing again.
@@ -239,8 +257,11 @@ def deliver_once(
                 account,
                 outcome=metrics.DeliveryOutcome.ALREADY,
                 all_sinks=all_sinks,
+                commit=commit,
             )
             return False
     sink.deliver(record)
-    mark_delivered(redis, call_sid, sink.name, retention_seconds, account, all_sinks=all_sinks)
+    mark_delivered(
+        redis, call_sid, sink.name, retention_seconds, account, all_sinks=all_sinks, commit=commit
+    )
     return True

@@ -225,9 +225,22 @@ def test_each_sink_has_at_most_its_cap_of_messages_in_flight(redis_client: redis
     for batch in first:
         if batch.jobs[0].sink == "jsonl":
             book.free_slot("jsonl", batch.slot or "")
-    time.sleep(0.6)  # the capped jobs were moved half a second on
-    second = book.claim()
+    second = book.claim()  # at once: a freed slot wakes its sink's waiting jobs
     assert {b.jobs[0].sink for b in second} == {"jsonl"}  # the slow sink still holds its two
+    assert sum(len(b.jobs) for b in second) == 8
+
+
+def test_a_freed_slot_never_wakes_a_job_early(redis_client: redis.Redis) -> None:
+    """A waiting job that was rescheduled since (a Retry-After) keeps its later due time."""
+    book = JobBook(redis_client, sink_concurrency=1, batch=1, cap_wait=30)
+    book.schedule_many([jobs.deliver_id(f"c{n}", "crm") for n in range(3)])
+    [batch] = book.claim()
+    assert book.claim() == []  # c1 and c2 wait for the slot
+    book.reschedule(jobs.deliver_id("c1", "crm"), 60)
+    assert book.free_slot("crm", batch.slot or "") == 0  # c1 (oldest) moved on: not woken
+    assert book.free_slot("crm", batch.slot or "") == 1  # c2
+    assert [j.call_sid for b in book.claim() for j in b.jobs] == ["c2"]
+    assert book.describe(jobs.deliver_id("c1", "crm"))["due_at"] > redis_now(redis_client) + 50
 
 
 def test_a_capped_slot_of_a_dead_worker_expires_with_its_lease(redis_client: redis.Redis) -> None:
