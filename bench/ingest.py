@@ -50,6 +50,7 @@ from bench.common import (
     interrupts_as_keyboard,
     machine,
     percentile,
+    self_cpu,
     table,
     wait_until,
     workdir,
@@ -73,6 +74,9 @@ class CpuSample:
     redis: float
     client: float
     by_pid: dict[int, float]  # the server's processes (gunicorn master and workers)
+    machine: float = 0.0  # busy CPU seconds of the whole machine (/proc/stat), steal included
+    bench: float = 0.0  # this script's own CPU seconds
+    wall: float = 0.0  # time.monotonic() (a sample), seconds elapsed (a run)
 
 
 @dataclass
@@ -109,9 +113,48 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # ---------------------------------------------------------------- CPU usage
+def machine_busy() -> float:
+    """CPU seconds the whole machine has been busy (every core), 0 where /proc/stat is absent.
+
+    Steal (time the hypervisor gave our virtual CPUs to someone else) counts as
+    busy: it is CPU this run did not get.
+    """
+    try:
+        with open("/proc/stat") as stat:
+            fields = stat.readline().split()[1:]
+    except OSError:
+        return 0.0
+    # user nice system idle iowait irq softirq steal (guest time is inside user)
+    ticks = [int(x) for x in fields[:8]]
+    busy = sum(ticks) - ticks[3] - ticks[4]
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_now(server: Server, redis: PrivateRedis) -> CpuSample:
     by_pid = cpu_by_pid(server.child.proc.pid)
-    return CpuSample(sum(by_pid.values()), redis.cpu(), children_cpu(), by_pid)
+    return CpuSample(
+        sum(by_pid.values()),
+        redis.cpu(),
+        children_cpu(),
+        by_pid,
+        machine_busy(),
+        self_cpu(),
+        time.monotonic(),
+    )
+
+
+def other_cpu(run: Run) -> float:
+    """Cores busy with anything but this run (other jobs, the idle server, steal), on average.
+
+    The machine's busy time minus the server, Redis, the load generator and
+    this script. Near 0 on a quiet machine; when it is not, req/s and p99 of
+    that run measured contention, not the server (compare the CPU per request).
+    """
+    c = run.cpu
+    if not c.machine:
+        return 0.0
+    mine = c.server + c.redis + c.client + c.bench
+    return max(0.0, c.machine - mine) / c.wall if c.wall else 0.0
 
 
 def worker_split(before: CpuSample, after: CpuSample, master: int) -> str:
@@ -162,9 +205,16 @@ def measure(n: int, server: Server, redis: PrivateRedis, plan: loadgen.Plan, mod
         after.redis - before.redis,
         after.client - before.client,
         {},
+        after.machine - before.machine,
+        after.bench - before.bench,
+        after.wall - before.wall,
     )
     run = Run(n, server.name, mode, result, cpu, worker_split(before, after, server.child.proc.pid))
-    print(f"  run {n}: {describe(run)}  worker CPU split {run.split}", flush=True)
+    print(
+        f"  run {n}: {describe(run)}  worker CPU split {run.split}  "
+        f"other CPU {other_cpu(run):.2f} cores",
+        flush=True,
+    )
     return run
 
 
@@ -234,6 +284,7 @@ def report(args: argparse.Namespace, runs: list[Run], verified: tuple[bool, str]
                 f"{srv:.0f}",
                 f"{rds:.0f}",
                 f"{cli:.0f}",
+                f"{other_cpu(run):.2f}",
             ]
         )
     print(
@@ -250,6 +301,7 @@ def report(args: argparse.Namespace, runs: list[Run], verified: tuple[bool, str]
                 "server CPU us/req",
                 "redis CPU us/req",
                 "client CPU us/req",
+                "other CPU cores",
             ],
             rows,
         )

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
-import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
@@ -13,6 +15,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from web.guard import Guard
 from worker import metrics
 from worker.errors import SettingsError
+from worker.logs import bind, unbind
 from worker.runtime import Runtime
 from worker.settings import Settings
 from worker.spool import Drainer, Spool
@@ -158,26 +161,32 @@ def _no_implicit_head(app: Flask, endpoint: str) -> None:
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
-def _request_ids(app: Flask) -> None:
-    """Each request's id (the router's ``X-Request-ID``, else a new one) in its log lines."""
-    from flask import g, request
+class RequestIds:
+    """Each request's id (the router's ``X-Request-ID``, else a new one) in its log lines
+    and in its answer's ``X-Request-ID``.
 
-    from worker.logs import bind, unbind
+    A WSGI wrapper rather than three Flask hooks (before, after, teardown) and
+    ``flask.g``: the same effect at a fraction of the cost on every callback.
+    The id is unbound when the app returns, as Flask's teardown did.
+    """
 
-    @app.before_request
-    def start() -> None:
-        sent = request.headers.get("X-Request-ID", "")
-        g.request_id = sent if _REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
-        g.log_token = bind(request_id=g.request_id)
+    def __init__(self, inner: Callable[[dict[str, Any], Any], Iterable[bytes]]) -> None:
+        self.inner = inner
 
-    @app.after_request
-    def tag(response: Response) -> Response:
-        if "request_id" in g:
-            response.headers["X-Request-ID"] = g.request_id
-        return response
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        sent = environ.get("HTTP_X_REQUEST_ID")
+        request_id = sent if sent and _REQUEST_ID.fullmatch(sent) else os.urandom(16).hex()
+        token = bind(request_id=request_id)
 
-    @app.teardown_request
-    def end(_: BaseException | None) -> None:
-        token = g.pop("log_token", None)
-        if token is not None:
+        def tagged(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            headers.append(("X-Request-ID", request_id))
+            return start_response(status, headers, exc_info)
+
+        try:
+            return self.inner(environ, tagged)
+        finally:
             unbind(token)
+
+
+def _request_ids(app: Flask) -> None:
+    app.wsgi_app = RequestIds(app.wsgi_app)  # type: ignore[method-assign]

@@ -35,7 +35,10 @@ def accepted_reply(
         body["spooled"] = True
     if dropped:
         body["dropped"] = True
-    return Response(json.dumps(body, separators=(",", ":")), mimetype="application/json")
+    return Response(_encode(body), content_type="application/json")
+
+
+_encode = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def error(status: int, message: str) -> ResponseReturnValue:

@@ -40,6 +40,7 @@ Decisions, each tested:
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -127,31 +128,37 @@ def _check_nul(pairs: Sequence[tuple[str, str]]) -> None:
     raise PayloadError(400, "control character in a field name or value")
 
 
-def _form_text(text: str) -> str:
-    """One form-encoded name or value: ``+`` is a space, ``%XX`` a UTF-8 byte."""
-    if "+" in text:
-        text = text.replace("+", " ")
-    return unquote(text, encoding="utf-8", errors="strict") if "%" in text else text
-
-
 def _parse_form(body: bytes) -> list[tuple[str, str]]:
     """``parse_qsl(keep_blank_values=True, errors="strict")``, without its per-field overhead.
 
     A piece without ``=`` is a name with an empty value; empty pieces are
-    skipped; only ``&`` separates.
+    skipped; only ``&`` separates. Every name and value is unquoted in one
+    call, joined by ``&``: none is left raw in them, so when the result holds
+    exactly as many as went in, no ``%26`` was decoded and it splits back
+    into the same pieces (else each is unquoted on its own). Invalid UTF-8
+    fails the one call exactly when it fails a piece, ``&`` being ASCII.
     """
     text = _utf8(body)
     if text.count("&") + 1 > MAX_FIELDS:
         raise PayloadError(400, f"too many fields (limit {MAX_FIELDS})")
-    pairs: list[tuple[str, str]] = []
+    if "+" in text:
+        text = text.replace("+", " ")
+    parts: list[str] = []
+    for piece in text.split("&"):
+        if piece:
+            name, _, value = piece.partition("=")
+            parts.append(name)
+            parts.append(value)
     try:
-        for piece in text.split("&"):
-            if piece:
-                name, _, value = piece.partition("=")
-                pairs.append((_form_text(name), _form_text(value)))
+        if "%" in text:
+            decoded = unquote("&".join(parts), encoding="utf-8", errors="strict").split("&")
+            if len(decoded) == len(parts):
+                parts = decoded
+            else:
+                parts = [unquote(p, encoding="utf-8", errors="strict") for p in parts]
     except UnicodeDecodeError:
         raise PayloadError(400, "body is not valid UTF-8") from None
-    return pairs
+    return list(zip(parts[::2], parts[1::2], strict=True))
 
 
 def _parse_multipart(body: bytes, params: dict[str, str]) -> list[tuple[str, str]]:
@@ -278,6 +285,20 @@ def _is_index(segment: str) -> bool:
     return segment == "" or _INDEX_RE.fullmatch(segment) is not None
 
 
+#: Keys up to this long have their split remembered (``Legs[0][Status]`` recurs
+#: in every callback); a bounded cache, so odd keys cannot grow it.
+_CACHED_KEY_CHARS = 128
+
+
+def _key_path(key: str) -> tuple[tuple[str, ...], tuple[bool, ...]]:
+    """The key's segments, and for each whether it is a list index."""
+    path = tuple(_split_key(key))
+    return path, tuple(_is_index(segment) for segment in path)
+
+
+_cached_key_path = functools.lru_cache(maxsize=1024)(_key_path)
+
+
 def _slot(node: dict[str, Any] | _Arr, segment: str) -> str | int:
     """Where ``segment`` goes in ``node``: a dict key, or a list position."""
     if isinstance(node, dict):
@@ -319,12 +340,12 @@ def _expand(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
                 raise _conflict(key)
             root[key] = value
             continue
-        path = _split_key(key)
+        path, indexes = _cached_key_path(key) if len(key) <= _CACHED_KEY_CHARS else _key_path(key)
         nested = nested or len(path) > 1
         node: dict[str, Any] | _Arr = root
         for depth, segment in enumerate(path[:-1]):
             slot = _slot(node, segment)
-            want_list = _is_index(path[depth + 1])
+            want_list = indexes[depth + 1]
             child = _child(node, slot)
             if child is None:
                 child = _Arr() if want_list else {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import unquote
@@ -114,6 +115,12 @@ def serve(settings: Settings, **overrides: Any) -> None:
 
         configure_logging(settings)
         init_sentry(settings, web=True)
-        return create_app(settings)
+        app = create_app(settings)
+        # What is loaded by now (modules, the app, its clients) lives as long as the
+        # process: frozen out of the cyclic collector, whose full passes otherwise walk
+        # it all (~67k objects, 30 ms with every thread of the worker stopped).
+        # https://docs.python.org/3/library/gc.html#gc.freeze
+        gc.freeze()
+        return app
 
     Server(factory, gunicorn_options(settings, **overrides)).run()

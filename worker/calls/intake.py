@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+from redis.exceptions import NoScriptError
+
 from worker import jobs, keys, metrics
 from worker.calls import readiness, stored, timeline
 from worker.calls.provenance import Source
@@ -27,7 +29,8 @@ if TYPE_CHECKING:
 # KEYS: call hash, jobs, the call's timeline, then metrics.bucket_keys(), then
 # the adaptive fetch delay. ARGV: retention, callback json, terminal, fetch job
 # id, delay, event key, direction, timeline entry, timeline cap, the "accepted"
-# and "duplicate" counter fields, source, adaptive.
+# and "duplicate" counter fields, source, adaptive, max events, the "dropped"
+# counter field.
 # Everything about a call lives in its one hash: "seen:<event>" marks each event
 # once, "fetch" that its legs fetch was booked, "terminal" holds the terminal
 # callback, "event:<event>" any other one, "received_at" the first callback's
@@ -40,43 +43,53 @@ if TYPE_CHECKING:
 # terminal event, which is always kept so the call still gets its fetch.
 # Returns 0 duplicate, 1 accepted, 2 accepted and a fetch was booked,
 # 3 dropped.
+# Every command touches one key or one member: one HMGET reads what decides
+# the outcome and one HSET writes the hash, so a callback costs the same
+# whatever the call, the job book or the timeline already hold.
 _ACCEPT = (
     metrics.LUA
     + timeline.LUA
     + """
-if redis.call('HEXISTS', KEYS[1], 'seen:' .. ARGV[6]) == 1 then
+local state = redis.call('HMGET', KEYS[1], 'seen:' .. ARGV[6], 'events', 'fetch',
+                         'received_at', 'direction')
+if state[1] then
   metric(KEYS[4], KEYS[5], KEYS[6], ARGV[11], 1)
   return 0
 end
-local kept = tonumber(redis.call('HGET', KEYS[1], 'events') or '0')
-if kept >= tonumber(ARGV[14])
-   and (ARGV[3] ~= '1' or redis.call('HEXISTS', KEYS[1], 'fetch') == 1) then
+local kept = tonumber(state[2] or '0')
+if kept >= tonumber(ARGV[14]) and (ARGV[3] ~= '1' or state[3]) then
   redis.call('HINCRBY', KEYS[1], 'dropped', 1)
   metric(KEYS[4], KEYS[5], KEYS[6], ARGV[15], 1)
   return 3
 end
-redis.call('HSET', KEYS[1], 'seen:' .. ARGV[6], '1')
-redis.call('HINCRBY', KEYS[1], 'events', 1)
 local result = 1
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-redis.call('HSETNX', KEYS[1], 'received_at', tostring(now))
-if ARGV[7] ~= '' then redis.call('HSETNX', KEYS[1], 'direction', ARGV[7]) end
+local put = {'seen:' .. ARGV[6], '1', 'events', tostring(kept + 1)}
+if not state[4] then
+  put[#put + 1] = 'received_at'; put[#put + 1] = tostring(now)
+end
+if ARGV[7] ~= '' and not state[5] then
+  put[#put + 1] = 'direction'; put[#put + 1] = ARGV[7]
+end
 if ARGV[3] == '1' then
-  redis.call('HSET', KEYS[1], 'terminal', ARGV[2])
-  if redis.call('HSETNX', KEYS[1], 'fetch', '1') == 1 then
+  put[#put + 1] = 'terminal'; put[#put + 1] = ARGV[2]
+  if not state[3] then
     local delay = tonumber(ARGV[5])
     if ARGV[13] == '1' then
       local raised = tonumber(redis.call('GET', KEYS[7]) or '0') or 0
       if raised > delay then delay = raised end
     end
-    redis.call('HSET', KEYS[1], 'source', ARGV[12], 'terminal_at', tostring(now))
+    put[#put + 1] = 'fetch'; put[#put + 1] = '1'
+    put[#put + 1] = 'source'; put[#put + 1] = ARGV[12]
+    put[#put + 1] = 'terminal_at'; put[#put + 1] = tostring(now)
     redis.call('ZADD', KEYS[2], 'NX', now + delay, ARGV[4])
     result = 2
   end
 else
-  redis.call('HSET', KEYS[1], 'event:' .. ARGV[6], ARGV[2])
+  put[#put + 1] = 'event:' .. ARGV[6]; put[#put + 1] = ARGV[2]
 end
+redis.call('HSET', KEYS[1], unpack(put))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 timeline(KEYS[3], ARGV[8], ARGV[9], ARGV[1])
 metric(KEYS[4], KEYS[5], KEYS[6], ARGV[10], 1)
@@ -96,6 +109,12 @@ def _counted(account: str) -> tuple[str, str]:
             metrics.Counter.CALLBACKS, outcome=metrics.CallbackOutcome.DUPLICATE, account=account
         ),
     )
+
+
+#: The script's KEYS: call hash, jobs, timeline, the 3 metrics buckets, the adaptive delay.
+_ACCEPT_KEYS = 7
+#: Compact JSON, non-ASCII kept as UTF-8 (as worker/calls/stored.py writes it).
+_encode = json.JSONEncoder(separators=(",", ":"), default=str, ensure_ascii=False).encode
 
 
 @functools.cache
@@ -159,51 +178,57 @@ class Intake:
         sid = event.call_sid
         # ensure_ascii=False: a non-ASCII character is stored as its UTF-8 bytes,
         # not as a \uXXXX escape up to three times longer.
-        payload = json.dumps(
-            {"event": event.event, "status": event.status, "fields": event.fields},
-            separators=(",", ":"),
-            default=str,
-            ensure_ascii=False,
+        text = _encode(
+            {"event": event.event, "status": event.status, "fields": event.fields}
         ).encode()
-        if len(payload) > self.max_stored_bytes:
+        if len(text) > self.max_stored_bytes:
             raise CallbackTooLarge(
-                f"callback over {self.max_stored_bytes} bytes once decoded ({len(payload)})"
+                f"callback over {self.max_stored_bytes} bytes once decoded ({len(text)})"
             )
-        payload = stored.dumps(json.loads(payload))
-        result = int(
-            self._accept(
-                keys=[
-                    keys.call(sid, account),
-                    jobs.JOBS,
-                    timeline.key(sid, account),
-                    *metrics.bucket_keys(),
-                    readiness.DELAY_KEY,
-                ],
-                args=[
-                    self.retention_seconds,
-                    payload,
-                    "1" if event.terminal else "0",
-                    jobs.fetch_id(sid, account),
-                    self.fetch_delay if fetch_delay is None else fetch_delay,
-                    event.dedupe_key,
-                    event.direction or "",
-                    timeline.dumps(
-                        timeline.entry(
-                            timeline.Kind.CALLBACK,
-                            event.event,
-                            code=event.status if event.status != event.event else None,
-                        )
-                    ),
-                    timeline.CAP,
-                    *_counted(account),
-                    Source(source).value,
-                    "1" if fetch_delay is None else "0",
-                    self.max_events,
-                    _dropped(account),
-                ],
-            )
+        accepted, duplicate = _counted(account)
+        args = (
+            keys.call(sid, account),
+            jobs.JOBS,
+            timeline.key(sid, account),
+            *metrics.bucket_keys(),
+            readiness.DELAY_KEY,
+            self.retention_seconds,
+            stored.pack(text),
+            "1" if event.terminal else "0",
+            jobs.fetch_id(sid, account),
+            self.fetch_delay if fetch_delay is None else fetch_delay,
+            event.dedupe_key,
+            event.direction or "",
+            timeline.dumps(
+                timeline.entry(
+                    timeline.Kind.CALLBACK,
+                    event.event,
+                    code=event.status if event.status != event.event else None,
+                )
+            ),
+            timeline.CAP,
+            accepted,
+            duplicate,
+            Source(source).value,
+            "1" if fetch_delay is None else "0",
+            self.max_events,
+            _dropped(account),
         )
+        result = int(self._run(_ACCEPT_KEYS, args))
         return Accepted(duplicate=result == 0, fetch_booked=result == 2, dropped=result == 3)
+
+    def _run(self, numkeys: int, keys_and_args: tuple[Any, ...]) -> Any:
+        """EVALSHA the intake script straight on the client (redis-py's Script adds a
+        layer per call); loaded again if this Redis does not know it (a restart, a flush)."""
+        try:
+            return self.redis.execute_command(  # type: ignore[no-untyped-call]
+                "EVALSHA", self._accept.sha, numkeys, *keys_and_args
+            )
+        except NoScriptError:
+            self._accept.sha = self.redis.script_load(_ACCEPT)
+            return self.redis.execute_command(  # type: ignore[no-untyped-call]
+                "EVALSHA", self._accept.sha, numkeys, *keys_and_args
+            )
 
     def known(self, call_sids: list[str], account: str = DEFAULT_ACCOUNT) -> dict[str, CallState]:
         """What exolegs already has of each call (one round trip); absent: never booked."""

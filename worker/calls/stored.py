@@ -56,7 +56,11 @@ _ZDICT_V1 = (
 
 def dumps(value: Any) -> bytes:
     """``value`` as compact JSON, deflated against the dictionary (version byte first)."""
-    text = json.dumps(value, separators=(",", ":"), default=str, ensure_ascii=False).encode()
+    return pack(json.dumps(value, separators=(",", ":"), default=str, ensure_ascii=False).encode())
+
+
+def pack(text: bytes) -> bytes:
+    """JSON text already encoded as :func:`dumps` would, deflated (version byte first)."""
     packer = zlib.compressobj(6, zlib.DEFLATED, -15, 8, zlib.Z_DEFAULT_STRATEGY, _ZDICT_V1)
     return _V1 + packer.compress(text) + packer.flush()
 

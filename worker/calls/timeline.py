@@ -59,11 +59,13 @@ class Entry(TypedDict):
     m: NotRequired[str]  # a short message
 
 
-# Scripts that append start with this; ARGV: entry json, cap, ttl.
+# Scripts that append start with this; ARGV: entry json, cap, ttl. It trims
+# only once the list is over the cap (RPUSH returns the new length).
 LUA = """
 local function timeline(k_timeline, entry, cap, ttl)
-  redis.call('RPUSH', k_timeline, entry)
-  redis.call('LTRIM', k_timeline, -tonumber(cap), -1)
+  if redis.call('RPUSH', k_timeline, entry) > tonumber(cap) then
+    redis.call('LTRIM', k_timeline, -tonumber(cap), -1)
+  end
   redis.call('EXPIRE', k_timeline, ttl)
 end
 """
