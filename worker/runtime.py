@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -151,7 +152,16 @@ class Runtime:
         names = self._sinks[1].get(self.account(account).name, ())
         return {name: self.sinks[name] for name in names}
 
+    @cached_property
+    def fetch_threads(self) -> ThreadPoolExecutor:
+        """Threads for one batch's legs fetches, FETCH_CONCURRENCY at a time (made on first use)."""
+        return ThreadPoolExecutor(
+            self.settings.fetch_concurrency, thread_name_prefix="exolegs-fetch"
+        )
+
     def close(self) -> None:
+        if "fetch_threads" in self.__dict__:
+            self.fetch_threads.shutdown(wait=True)
         if "_sinks" in self.__dict__:
             for sink in self.sinks.values():
                 sink.close()

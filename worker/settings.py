@@ -160,6 +160,7 @@ class Settings:
     retention_hours: float = 48.0
     job_lease_seconds: float = 120.0
     sink_concurrency: int = 2
+    fetch_concurrency: int = 4
     circuit_probe_seconds: int = 60
     unknown_sink_grace_seconds: float = 600.0
     spool_dir: Path = Path("./var/spool")
@@ -563,6 +564,7 @@ def _parse(env: Mapping[str, str]) -> dict[str, Any]:
         )
     _reconcile(env, out)
     out["sink_concurrency"] = _integer(env, "SINK_CONCURRENCY", 2, minimum=0)
+    out["fetch_concurrency"] = _integer(env, "FETCH_CONCURRENCY", 4, minimum=1)
     out["circuit_probe_seconds"] = _integer(env, "CIRCUIT_PROBE_SECONDS", 60, minimum=1)
     out["unknown_sink_grace_seconds"] = _number(env, "UNKNOWN_SINK_GRACE_SECONDS", 600.0)
     out["spool_dir"] = Path(_get(env, "SPOOL_DIR") or "./var/spool")

@@ -75,25 +75,27 @@ def dispatch(batch: Batch) -> None:
 def run_batch(rt: Runtime, batch: Batch) -> list[Outcome]:
     """Each job on its own; what is left when the time budget runs out goes back due now.
 
-    A delivery batch holds one of its sink's concurrency slots while it runs.
+    The legs fetches of a batch run up to FETCH_CONCURRENCY at a time: each
+    mostly waits on Exotel and Redis, and the waits overlap. Deliveries run
+    one at a time, so SINK_CONCURRENCY stays the number of requests a sink
+    sees at once; a delivery batch holds one of its sink's slots while it runs.
     """
     deadline = time.monotonic() + rt.settings.job_lease_seconds * BATCH_BUDGET_FRACTION
-    outcomes: list[Outcome] = []
     first = batch.jobs[0]
+
+    def run(job: JobId) -> Outcome:
+        if time.monotonic() > deadline:
+            rt.book.release(str(job), batch.token, 0)
+            return Outcome.HANDED_BACK
+        with log_context(call_sid=job.call_sid, job=str(job), account=job.account, sink=job.sink):
+            outcome = execute(rt, job, batch.token)
+        pipeline.report(rt, job, outcome)
+        return outcome
+
     with rt.heartbeat.slot(first.sink, batch.slot):
-        for n, job in enumerate(batch.jobs):
-            if time.monotonic() > deadline:
-                for rest in batch.jobs[n:]:
-                    rt.book.release(str(rest), batch.token, 0)
-                outcomes += [Outcome.HANDED_BACK] * (len(batch.jobs) - n)
-                break
-            with log_context(
-                call_sid=job.call_sid, job=str(job), account=job.account, sink=job.sink
-            ):
-                outcome = execute(rt, job, batch.token)
-            pipeline.report(rt, job, outcome)
-            outcomes.append(outcome)
-    return outcomes
+        if first.kind == jobs.FETCH and len(batch.jobs) > 1 and rt.settings.fetch_concurrency > 1:
+            return list(rt.fetch_threads.map(run, batch.jobs))
+        return [run(job) for job in batch.jobs]
 
 
 def execute(rt: Runtime, job: JobId, token: str) -> Outcome:

@@ -254,3 +254,28 @@ def test_parked_fetches_come_back_at_the_accounts_rate(make_rt) -> None:  # type
         if job.startswith(b"fetch:q")
     )
     assert all(abs(b - a - 0.1) < 1e-3 for a, b in itertools.pairwise(due))
+
+
+def test_a_batch_fetches_its_legs_several_at_a_time(make_rt, sim: Simulator) -> None:  # type: ignore[no-untyped-def]
+    """Each fetch mostly waits on Exotel: FETCH_CONCURRENCY of them wait together."""
+    rt = make_rt(FETCH_CONCURRENCY="4")
+    sids = [f"par{n}" for n in range(4)]
+    for sid in sids:
+        accept(rt, sid)
+    sim.mode("slow", delay=1.0)
+    try:
+        batch = _one_batch(rt)
+        assert len(batch.jobs) == 4
+        assert run_batch(rt, batch) == ["done"] * 4
+    finally:
+        sim.mode("normal")
+    arrivals = [t for sid in sids for t in sim.requests_for(sid)]
+    # One at a time, the last would arrive three seconds after the first.
+    assert len(arrivals) == 4 and max(arrivals) - min(arrivals) < 1.0
+
+
+def _one_batch(rt: Runtime) -> jobs.Batch:
+    """All due jobs in one message (the claim splits small backlogs into several)."""
+    batches = rt.book.claim()
+    token = batches[0].token
+    return jobs.Batch(token, tuple(j for b in batches for j in b.jobs), batches[0].claimed_at)
