@@ -11,7 +11,7 @@ import logging
 import random
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from worker import jobs, keys, metrics
 from worker.calls import readiness, stored, timeline
@@ -318,21 +318,19 @@ def fetch_call(
     account: str = DEFAULT_ACCOUNT,
     circuit_open: bool | None = None,
     commit: Commit | None = None,
+    state: JobState | None = None,
 ) -> CallRecord:
     """Fetch the legs once, keep the record, and book one delivery per sink of the account.
 
-    ``commit`` is queued in the ``MULTI`` that keeps the record and books its
+    ``state`` is what :func:`queue_reads` read for the job (None: read it
+    now). ``commit`` is queued in the ``MULTI`` that keeps the record and books its
     deliveries: the fetch job ends in the same atomic step.
     """
     acct = account_of(rt, account, call_sid)
-    pipe = rt.redis.pipeline(transaction=False)
-    # GETs the record and gives the call's state another RETENTION_HOURS.
-    ledger.keep_alive(pipe, call_sid, rt.settings.retention_seconds, account)
-    pipe.hmget(keys.call(call_sid, account), [*CALLBACK_FIELDS, *FACT_FIELDS])
-    pipe.hgetall(keys.SINKS)
-    raw_record, raw_call, announced = pipe.execute()
-    n = len(CALLBACK_FIELDS)
-    raw_callback, facts = raw_call[:n], facts_of(raw_call[n:])
+    job = JobId(jobs.FETCH, call_sid, None, account)
+    state = read_state(rt, job) if state is None else state
+    assert isinstance(state, FetchState)
+    raw_record, raw_callback, facts, announced = state
     # Every sink of the account that a running worker knows, not only ours: in
     # a rolling deploy that adds a sink, a call fetched by an old worker must
     # reach it too.
@@ -441,10 +439,12 @@ def deliver_call(
     circuit_open: bool | None = None,
     failing: bool = True,
     commit: Commit | None = None,
+    state: JobState | None = None,
 ) -> bool:
     """Deliver the stored record to one sink; True when it was delivered now.
 
-    ``commit`` is queued with the ledger's last write for the call and sink.
+    ``state`` is what :func:`queue_reads` read for the job (None: read it
+    now). ``commit`` is queued with the ledger's last write for the call and sink.
     """
     account_of(rt, account, call_sid)
     job_id = jobs.deliver_id(call_sid, sink_name, account)
@@ -453,7 +453,10 @@ def deliver_call(
         hand_back_unknown_sink(rt, job_id, call_sid, sink_name, account)
     assert sink is not None
     # The legs came after a record without them: this sink updates in place.
-    record, upgrade = _load_for(rt, call_sid, sink_name, account)
+    job = JobId(jobs.DELIVER, call_sid, sink_name, account)
+    state = read_state(rt, job) if state is None else state
+    assert isinstance(state, DeliveryState)
+    record, upgrade = state
     if record is None:
         record = refetch(rt, call_sid, job_id, account)
 
@@ -484,18 +487,54 @@ def deliver_call(
     return delivered
 
 
-def _load_for(
-    rt: Runtime, call_sid: str, sink_name: str, account: str
-) -> tuple[CallRecord | None, bool]:
-    """The stored record and whether ``sink_name`` awaits its upgrade, in one round trip.
+class FetchState(NamedTuple):
+    """What a fetch reads first: the kept record, the callback, the call's facts, live sinks."""
 
-    The call's state gets another RETENTION_HOURS in the same trip.
+    raw_record: bytes | None
+    raw_callback: list[Any]
+    facts: CallFacts
+    announced: dict[Any, Any]
+
+
+class DeliveryState(NamedTuple):
+    """What a delivery reads first: the kept record, and whether its sink awaits an upgrade."""
+
+    record: CallRecord | None
+    upgrade: bool
+
+
+JobState = FetchState | DeliveryState
+
+
+def queue_reads(rt: Runtime, job: JobId, pipe: Pipeline) -> None:
+    """Queue the reads a job's run starts with (see :func:`parse_reads`).
+
+    They also give the call's state another RETENTION_HOURS: they only read
+    or extend, so they may ride with the job's begin.
     """
+    ledger.keep_alive(pipe, job.call_sid, rt.settings.retention_seconds, job.account)
+    if job.kind == jobs.FETCH:
+        pipe.hmget(keys.call(job.call_sid, job.account), [*CALLBACK_FIELDS, *FACT_FIELDS])
+        pipe.hgetall(keys.SINKS)
+    else:
+        queue_pending_upgrade(pipe, job.call_sid, job.sink or "", job.account)
+
+
+def parse_reads(job: JobId, raw: list[Any]) -> JobState:
+    """:func:`queue_reads`'s results as the job's state."""
+    if job.kind == jobs.FETCH:
+        raw_record, raw_call, announced = raw
+        n = len(CALLBACK_FIELDS)
+        return FetchState(raw_record, raw_call[:n], facts_of(raw_call[n:]), announced)
+    raw_record, upgrade = raw
+    return DeliveryState(stored.loads(raw_record) if raw_record else None, bool(upgrade))
+
+
+def read_state(rt: Runtime, job: JobId) -> JobState:
+    """:func:`queue_reads` and :func:`parse_reads` in one round trip of their own."""
     pipe = rt.redis.pipeline(transaction=False)
-    ledger.keep_alive(pipe, call_sid, rt.settings.retention_seconds, account)
-    queue_pending_upgrade(pipe, call_sid, sink_name, account)
-    raw, upgrade = pipe.execute()
-    return (stored.loads(raw) if raw else None), bool(upgrade)
+    queue_reads(rt, job, pipe)
+    return parse_reads(job, pipe.execute())
 
 
 def refetch(rt: Runtime, call_sid: str, job_id: str, account: str) -> CallRecord:

@@ -102,7 +102,13 @@ def execute(rt: Runtime, job: JobId, token: str) -> Outcome:
     """Run one job once under claim ``token``; returns what happened (for logs and tests)."""
     job_id = str(job)
     upstream = pipeline.upstream_of(rt, job)
-    started = rt.book.begin(job_id, token, keys.circuit(upstream), failures_key(upstream))
+    started, reads = rt.book.begin_with(
+        job_id,
+        token,
+        keys.circuit(upstream),
+        failures_key(upstream),
+        lambda pipe: pipeline.queue_reads(rt, job, pipe),
+    )
     if isinstance(started, Outcome):
         return started  # STALE: not this claim's to run; BUSY: a copy of it runs
     context = f"call={job.call_sid} job={job_id}"
@@ -125,6 +131,7 @@ def execute(rt: Runtime, job: JobId, token: str) -> Outcome:
                     account=job.account,
                     circuit_open=started.circuit_open,
                     commit=commit,
+                    state=pipeline.parse_reads(job, reads),
                 )
             else:
                 pipeline.deliver_call(
@@ -136,6 +143,7 @@ def execute(rt: Runtime, job: JobId, token: str) -> Outcome:
                     circuit_open=started.circuit_open,
                     failing=started.failing,
                     commit=commit,
+                    state=pipeline.parse_reads(job, reads),
                 )
         except Deferred as wait:
             rt.book.release(job_id, token, wait.delay, undo_attempt=True)

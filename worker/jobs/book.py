@@ -519,15 +519,42 @@ class JobBook:
         its ``failures`` key does, all in the same round trip.
         """
         raw = self._begin(
-            keys=[
-                JOBS,
-                job_key(job_id),
-                lock_key(job_id),
-                circuit or f"{PREFIX}:-",
-                failures or f"{PREFIX}:-",
-            ],
-            args=[job_id, token, self.lease_ms],
+            keys=self._begin_keys(job_id, circuit, failures), args=[job_id, token, self.lease_ms]
         )
+        return self._started(raw, circuit, failures)
+
+    def begin_with(
+        self,
+        job_id: str,
+        token: str,
+        circuit: str | None,
+        failures: str | None,
+        reads: Callable[[Pipeline], object],
+    ) -> tuple[Started | Outcome, list[Any]]:
+        """:meth:`begin`, with the run's first reads (queued by ``reads``) in the same round trip.
+
+        Returns what :meth:`begin` would and the reads' results. The reads must
+        only read (or only extend TTLs): a stale or busy message makes them too.
+        """
+        pipe = self.redis.pipeline(transaction=False)
+        keys = self._begin_keys(job_id, circuit, failures)
+        scripts.queue(pipe, self._begin, keys, [job_id, token, self.lease_ms])
+        reads(pipe)
+        raw, *rest = pipe.execute()
+        return self._started(raw, circuit, failures), rest
+
+    @staticmethod
+    def _begin_keys(job_id: str, circuit: str | None, failures: str | None) -> list[str]:
+        return [
+            JOBS,
+            job_key(job_id),
+            lock_key(job_id),
+            circuit or f"{PREFIX}:-",
+            failures or f"{PREFIX}:-",
+        ]
+
+    @staticmethod
+    def _started(raw: Any, circuit: str | None, failures: str | None) -> Started | Outcome:
         if int(raw[0]) < 0:
             return Outcome.STALE
         if int(raw[0]) == 0:

@@ -8,7 +8,8 @@ sinks without a natural upsert idempotent on ``call_sid``.
 The ledger, like the rest of a call's state (its record and its callbacks),
 must outlive every job and dead letter of the call, or a late delivery would
 not know which sinks already have it. So its TTL is only ever *extended* to
-``RETENTION_HOURS`` (every run of a call's job does that, :func:`keep_alive`),
+``RETENTION_HOURS`` (every run of a call's job does that once a quarter of it
+has gone by, :func:`keep_alive`),
 and while the call has a dead letter it has no TTL at all
 (:mod:`worker.jobs.deadletters`).
 """
@@ -32,13 +33,16 @@ if TYPE_CHECKING:
 
 PENDING = "pending"
 
-# Shared by the scripts below: give KEYS[i] at least ARGV[1] seconds to live.
-# A key without a TTL (held for a dead letter) keeps none; a missing key is
-# left missing; a key being created (ttl -2 before the write) gets the TTL.
+# Shared by the scripts below: give KEYS[i] ARGV[1] seconds to live again once
+# a quarter of that has gone by (every wait between two runs of a call's jobs
+# is at most half the retention, so the state always outlives the wait, and
+# most runs need no EXPIRE). A key without a TTL (held for a dead letter)
+# keeps none; a missing key is left missing; a key being created (ttl -2
+# before the write) gets the TTL.
 _EXTEND = """
 local function extend(key, ttl_before, keep)
   if ttl_before == -1 then return end
-  if ttl_before == -2 or ttl_before < keep then
+  if ttl_before == -2 or ttl_before < keep * 0.75 then
     if redis.call('EXISTS', key) == 1 then redis.call('EXPIRE', key, keep) end
   end
 end
