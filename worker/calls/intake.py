@@ -232,12 +232,12 @@ class Intake:
     def _evalsha(self, numkeys: int, keys_and_args: tuple[Any, ...]) -> Any:
         """One round trip on this thread's own connection, else through the client.
 
-        Each thread that accepts callbacks keeps one connection of the client's
-        pool for itself (taken once, never given back): the pool's per-command
-        work (its lock, a poll of the socket for stray data, bookkeeping) and
-        the client's layers around it cost a callback more CPU than the script.
-        Health checks, reconnecting and retries are the client's own, from the
-        same connection settings and retry policy.
+        Each thread that accepts callbacks has a connection of its own, made by
+        the client's pool with the pool's settings but not lent out by it: the
+        pool's per-command work (its lock, a poll of the socket for stray data,
+        bookkeeping) and the client's layers around it cost a callback more CPU
+        than the script does. Health checks, reconnecting and retries are the
+        connection's own, with the client's retry policy.
         """
         conn = self._own.connection(self.redis)
         if conn is None:
@@ -265,7 +265,7 @@ class Intake:
 
 
 class _OwnConnections(threading.local):
-    """One connection per thread (and process), taken from a plain client's pool."""
+    """One connection per thread (and process), made by a plain client's pool."""
 
     conn: Any = None
     pid = 0
@@ -274,9 +274,9 @@ class _OwnConnections(threading.local):
         if self.conn is not None and self.pid == os.getpid():
             return self.conn
         pool = getattr(client, "connection_pool", None)
-        if getattr(client, "connection", None) is not None or not hasattr(pool, "get_connection"):
+        if getattr(client, "connection", None) is not None or not hasattr(pool, "make_connection"):
             return None  # a single-connection client, or something else: use it as it is
-        self.conn, self.pid = pool.get_connection(), os.getpid()  # type: ignore[union-attr]
+        self.conn, self.pid = pool.make_connection(), os.getpid()  # type: ignore[union-attr]
         return self.conn
 
 
