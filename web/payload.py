@@ -330,7 +330,7 @@ def _conflict(key: str) -> PayloadError:
 _CONTAINERS = (dict, _Arr)
 
 
-def _expand(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
+def _expand(pairs: Iterable[tuple[str, Any]]) -> dict[str, Any]:
     """Flat pairs -> nested fields; last value wins, shapes must agree."""
     root: dict[str, Any] = {}
     nested = False
@@ -362,6 +362,57 @@ def _expand(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
         return root
     _count_slots(root)
     return {k: _freeze(v) if isinstance(v, _CONTAINERS) else v for k, v in root.items()}
+
+
+class _Leaf:
+    """Where a value goes in a shape: the index of its pair."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+
+#: Shapes are remembered for field lists up to this many names and characters in all.
+_SHAPE_MAX_NAMES = 128
+_SHAPE_MAX_CHARS = 4096
+
+
+@functools.lru_cache(maxsize=256)
+def _shape(names: tuple[str, ...]) -> tuple[tuple[str, Any], ...]:
+    """What :func:`_expand` makes of these names, with each value's pair index in its place.
+
+    Everything :func:`_expand` decides (nesting, which repeat wins, list sizes and
+    holes, every 400) depends on the names alone, never on the values, and
+    Exotel sends the same names in every callback of a kind: it is worked out
+    once per list of names. A list that :func:`_expand` refuses raises here and
+    is not remembered.
+    """
+    return tuple(_expand([(name, _Leaf(i)) for i, name in enumerate(names)]).items())
+
+
+def _fill(node: Any, values: Sequence[str]) -> Any:
+    if type(node) is _Leaf:
+        return values[node.index]
+    if type(node) is dict:
+        return {key: _fill(child, values) for key, child in node.items()}
+    return [_fill(child, values) for child in node]
+
+
+def _expand_by_shape(pairs: list[tuple[str, str]]) -> dict[str, Any]:
+    """:func:`_expand`, with the shape of a list of names with nested keys remembered."""
+    names = tuple(name for name, _ in pairs)
+    if (
+        len(names) > _SHAPE_MAX_NAMES
+        or not any("[" in name for name in names)
+        or sum(map(len, names)) > _SHAPE_MAX_CHARS
+    ):
+        return _expand(pairs)
+    values = [value for _, value in pairs]
+    return {
+        key: values[node.index] if type(node) is _Leaf else _fill(node, values)
+        for key, node in _shape(names)
+    }
 
 
 def _count_slots(root: dict[str, Any]) -> None:
@@ -429,7 +480,7 @@ def _decode(
     _check_nul(pairs)
     if len(query_pairs) + len(pairs) > MAX_FIELDS:
         raise PayloadError(400, f"too many fields (limit {MAX_FIELDS})")
-    return _expand([*query_pairs, *pairs])
+    return _expand_by_shape([*query_pairs, *pairs])
 
 
 def decode_body(

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import threading
 import zlib
 from dataclasses import dataclass
 from enum import StrEnum
@@ -160,6 +162,7 @@ class Intake:
         self.max_events = max_events
         self.max_stored_bytes = max_stored_bytes
         self._accept = redis.register_script(_ACCEPT)
+        self._own = _OwnConnections()
 
     def accept(
         self,
@@ -218,17 +221,36 @@ class Intake:
         return Accepted(duplicate=result == 0, fetch_booked=result == 2, dropped=result == 3)
 
     def _run(self, numkeys: int, keys_and_args: tuple[Any, ...]) -> Any:
-        """EVALSHA the intake script straight on the client (redis-py's Script adds a
-        layer per call); loaded again if this Redis does not know it (a restart, a flush)."""
+        """EVALSHA the intake script; loaded again if this Redis does not know it (a
+        restart, a flush)."""
         try:
-            return self.redis.execute_command(  # type: ignore[no-untyped-call]
-                "EVALSHA", self._accept.sha, numkeys, *keys_and_args
-            )
+            return self._evalsha(numkeys, keys_and_args)
         except NoScriptError:
             self._accept.sha = self.redis.script_load(_ACCEPT)
+            return self._evalsha(numkeys, keys_and_args)
+
+    def _evalsha(self, numkeys: int, keys_and_args: tuple[Any, ...]) -> Any:
+        """One round trip on this thread's own connection, else through the client.
+
+        Each thread that accepts callbacks has a connection of its own, made by
+        the client's pool with the pool's settings but not lent out by it: the
+        pool's per-command work (its lock, a poll of the socket for stray data,
+        bookkeeping) and the client's layers around it cost a callback more CPU
+        than the script does. Health checks, reconnecting and retries are the
+        connection's own, with the client's retry policy.
+        """
+        conn = self._own.connection(self.redis)
+        if conn is None:
             return self.redis.execute_command(  # type: ignore[no-untyped-call]
                 "EVALSHA", self._accept.sha, numkeys, *keys_and_args
             )
+        packed = conn.pack_command("EVALSHA", self._accept.sha, numkeys, *keys_and_args)
+
+        def roundtrip() -> Any:
+            conn.send_packed_command(packed)
+            return conn.read_response()
+
+        return conn.retry.call_with_retry(roundtrip, lambda _error: conn.disconnect())
 
     def known(self, call_sids: list[str], account: str = DEFAULT_ACCOUNT) -> dict[str, CallState]:
         """What exolegs already has of each call (one round trip); absent: never booked."""
@@ -240,6 +262,22 @@ class Intake:
             if booked:
                 found[sid] = CallState.LEGS_UNAVAILABLE if unavailable else CallState.BOOKED
         return found
+
+
+class _OwnConnections(threading.local):
+    """One connection per thread (and process), made by a plain client's pool."""
+
+    conn: Any = None
+    pid = 0
+
+    def connection(self, client: Redis) -> Any:
+        if self.conn is not None and self.pid == os.getpid():
+            return self.conn
+        pool = getattr(client, "connection_pool", None)
+        if getattr(client, "connection", None) is not None or not hasattr(pool, "make_connection"):
+            return None  # a single-connection client, or something else: use it as it is
+        self.conn, self.pid = pool.make_connection(), os.getpid()  # type: ignore[union-attr]
+        return self.conn
 
 
 class CallState(StrEnum):
