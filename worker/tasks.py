@@ -119,6 +119,7 @@ def execute(rt: Runtime, job: JobId, token: str) -> Outcome:
     def commit(pipe: Pipeline) -> None:
         """The job ends in the MULTI that writes its result (the record, the ledger)."""
         nonlocal committed
+        rt.heartbeat.ended(job_id)
         rt.book.finish(job_id, token, pipe=pipe)
         committed = True
 

@@ -51,6 +51,12 @@ class Heartbeat:
             with self._mutex:
                 self._runs.pop(job_id, None)
 
+    def ended(self, job_id: str) -> None:
+        """The run's end is being committed (its lock goes with it): stop renewing it now,
+        so a beat in between does not count the lock as lost."""
+        with self._mutex:
+            self._runs.pop(job_id, None)
+
     @contextmanager
     def slot(self, sink: str | None, member: str | None) -> Iterator[None]:
         """Hold a message's place under its sink's cap while inside; free it after."""
