@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -161,6 +162,42 @@ def _no_implicit_head(app: Flask, endpoint: str) -> None:
 
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+#: New request ids taken from one ``os.urandom`` call, per thread.
+_IDS_PER_DRAW = 256
+
+
+class _RandomBytes(threading.local):
+    """Each thread's unused ``os.urandom`` bytes, 16 per request id."""
+
+    pool = b""
+    at = 0
+
+
+_random = _RandomBytes()
+
+
+def _forget_random_bytes() -> None:
+    """A forked child must not hand out the ids its parent's threads still hold."""
+    global _random
+    _random = _RandomBytes()
+
+
+os.register_at_fork(after_in_child=_forget_random_bytes)
+
+
+def new_request_id() -> str:
+    """16 random bytes from ``os.urandom`` in hex, as ``os.urandom(16).hex()`` gives.
+
+    The bytes come from one ``os.urandom`` call per 256 ids (per thread), each used
+    once: that call releases the GIL, and in a busy worker getting the GIL back
+    after it cost a thread switch on every request.
+    """
+    bytes_ = _random
+    at = bytes_.at
+    if at >= len(bytes_.pool):
+        bytes_.pool, at = os.urandom(16 * _IDS_PER_DRAW), 0
+    bytes_.at = at + 16
+    return bytes_.pool[at : at + 16].hex()
 
 
 class RequestIds:
@@ -177,7 +214,7 @@ class RequestIds:
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         sent = environ.get("HTTP_X_REQUEST_ID")
-        request_id = sent if sent and _REQUEST_ID.fullmatch(sent) else os.urandom(16).hex()
+        request_id = sent if sent and _REQUEST_ID.fullmatch(sent) else new_request_id()
         token = bind(request_id=request_id)
 
         def tagged(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:

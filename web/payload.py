@@ -132,33 +132,55 @@ def _parse_form(body: bytes) -> list[tuple[str, str]]:
     """``parse_qsl(keep_blank_values=True, errors="strict")``, without its per-field overhead.
 
     A piece without ``=`` is a name with an empty value; empty pieces are
-    skipped; only ``&`` separates. Every name and value is unquoted in one
-    call, joined by ``&``: none is left raw in them, so when the result holds
+    skipped; only ``&`` separates. The names are unquoted in one call, joined
+    by ``&`` (and remembered for the next callback with the same names), then
+    the values in another: none is left raw in them, so when the result holds
     exactly as many as went in, no ``%26`` was decoded and it splits back
     into the same pieces (else each is unquoted on its own). Invalid UTF-8
-    fails the one call exactly when it fails a piece, ``&`` being ASCII.
+    fails one call exactly when it fails a piece, ``&`` being ASCII.
     """
     text = _utf8(body)
     if text.count("&") + 1 > MAX_FIELDS:
         raise PayloadError(400, f"too many fields (limit {MAX_FIELDS})")
     if "+" in text:
         text = text.replace("+", " ")
-    parts: list[str] = []
+    names: list[str] = []
+    values: list[str] = []
     for piece in text.split("&"):
         if piece:
             name, _, value = piece.partition("=")
-            parts.append(name)
-            parts.append(value)
-    try:
-        if "%" in text:
-            decoded = unquote("&".join(parts), encoding="utf-8", errors="strict").split("&")
-            if len(decoded) == len(parts):
-                parts = decoded
+            names.append(name)
+            values.append(value)
+    if "%" in text:
+        try:
+            if len(names) <= _SHAPE_MAX_NAMES and sum(map(len, names)) <= _SHAPE_MAX_CHARS:
+                names = list(_unquote_names(tuple(names)))
             else:
-                parts = [unquote(p, encoding="utf-8", errors="strict") for p in parts]
-    except UnicodeDecodeError:
-        raise PayloadError(400, "body is not valid UTF-8") from None
-    return list(zip(parts[::2], parts[1::2], strict=True))
+                names = _unquote_all(names)
+            values = _unquote_all(values)
+        except UnicodeDecodeError:
+            raise PayloadError(400, "body is not valid UTF-8") from None
+    return list(zip(names, values, strict=True))
+
+
+def _unquote_all(items: list[str]) -> list[str]:
+    """Each item percent-decoded (strict UTF-8), in one ``unquote`` call when no ``%26``
+    was decoded (the result then splits back into as many items)."""
+    joined = "&".join(items)
+    if "%" not in joined:
+        return items
+    decoded = unquote(joined, encoding="utf-8", errors="strict").split("&")
+    if len(decoded) == len(items):
+        return decoded
+    return [unquote(item, encoding="utf-8", errors="strict") for item in items]
+
+
+@functools.lru_cache(maxsize=256)
+def _unquote_names(names: tuple[str, ...]) -> tuple[str, ...]:
+    """:func:`_unquote_all` of a form's names, remembered: Exotel sends the same names
+    (``Legs%5B0%5D%5BStatus%5D`` ...) in every callback of a kind. An invalid one
+    raises and is not remembered."""
+    return tuple(_unquote_all(list(names)))
 
 
 def _parse_multipart(body: bytes, params: dict[str, str]) -> list[tuple[str, str]]:

@@ -163,6 +163,25 @@ class Intake:
         self.max_stored_bytes = max_stored_bytes
         self._accept = redis.register_script(_ACCEPT)
         self._own = _OwnConnections()
+        self._constant_args: dict[tuple[str, str, bool], tuple[Any, ...]] = {}
+
+    def _constants(
+        self, account: str, source: str, adaptive: bool
+    ) -> tuple[Any, tuple[Any, ...], tuple[Any, ...]]:
+        """The script's arguments that depend on the account, source and settings only:
+        ARGV[1] (retention), ARGV[9..11] (cap, the accepted and duplicate counters) and
+        ARGV[12..15] (source, adaptive, max events, the dropped counter)."""
+        found = self._constant_args.get((account, source, adaptive))
+        if found is None:
+            accepted, duplicate = _counted(account)
+            found = (
+                self.retention_seconds,
+                (timeline.CAP, accepted, duplicate),
+                (source, "1" if adaptive else "0", self.max_events, _dropped(account)),
+            )
+            if len(self._constant_args) < 1024:  # accounts x sources x 2: a handful
+                self._constant_args[(account, source, adaptive)] = found
+        return found[0], found[1], found[2]
 
     def accept(
         self,
@@ -188,34 +207,25 @@ class Intake:
             raise CallbackTooLarge(
                 f"callback over {self.max_stored_bytes} bytes once decoded ({len(text)})"
             )
-        accepted, duplicate = _counted(account)
+        head, middle, tail = self._constants(account, Source(source).value, fetch_delay is None)
         args = (
             keys.call(sid, account),
             jobs.JOBS,
             timeline.key(sid, account),
             *metrics.bucket_keys(),
             readiness.DELAY_KEY,
-            self.retention_seconds,
+            head,
             stored.pack(text),
             "1" if event.terminal else "0",
             jobs.fetch_id(sid, account),
             self.fetch_delay if fetch_delay is None else fetch_delay,
             event.dedupe_key,
             event.direction or "",
-            timeline.dumps(
-                timeline.entry(
-                    timeline.Kind.CALLBACK,
-                    event.event,
-                    code=event.status if event.status != event.event else None,
-                )
+            timeline.callback_entry(
+                event.event, event.status if event.status != event.event else None
             ),
-            timeline.CAP,
-            accepted,
-            duplicate,
-            Source(source).value,
-            "1" if fetch_delay is None else "0",
-            self.max_events,
-            _dropped(account),
+            *middle,
+            *tail,
         )
         result = int(self._run(_ACCEPT_KEYS, args))
         return Accepted(duplicate=result == 0, fetch_booked=result == 2, dropped=result == 3)
@@ -244,7 +254,8 @@ class Intake:
             return self.redis.execute_command(  # type: ignore[no-untyped-call]
                 "EVALSHA", self._accept.sha, numkeys, *keys_and_args
             )
-        packed = conn.pack_command("EVALSHA", self._accept.sha, numkeys, *keys_and_args)
+        command = ("EVALSHA", self._accept.sha, numkeys, *keys_and_args)
+        packed = [_pack(command)] if self._own.hiredis else conn.pack_command(*command)
 
         def roundtrip() -> Any:
             conn.send_packed_command(packed)
@@ -264,11 +275,28 @@ class Intake:
         return found
 
 
+try:
+    import hiredis
+except ImportError:  # pragma: no cover - hiredis is a dependency
+    hiredis = None  # type: ignore[assignment]
+
+
+def _pack(command: tuple[Any, ...]) -> bytes:
+    """The command in Redis's protocol, by hiredis (what redis-py calls with hiredis)."""
+    return hiredis.pack_command(command)  # type: ignore[no-any-return]
+
+
+#: Arguments of every type the intake script is sent (str, bytes, int, float, non-ASCII).
+_PROBE = ("EVALSHA", "x", 2, "k\u00e9y", b"\x01\xff", 172800, 30.0, 0.1, "")
+
+
 class _OwnConnections(threading.local):
     """One connection per thread (and process), made by a plain client's pool."""
 
     conn: Any = None
     pid = 0
+    #: hiredis packs a command exactly as this connection would (its encoder is hiredis's).
+    hiredis = False
 
     def connection(self, client: Redis) -> Any:
         if self.conn is not None and self.pid == os.getpid():
@@ -277,6 +305,7 @@ class _OwnConnections(threading.local):
         if getattr(client, "connection", None) is not None or not hasattr(pool, "make_connection"):
             return None  # a single-connection client, or something else: use it as it is
         self.conn, self.pid = pool.make_connection(), os.getpid()  # type: ignore[union-attr]
+        self.hiredis = hiredis is not None and self.conn.pack_command(*_PROBE) == [_pack(_PROBE)]
         return self.conn
 
 

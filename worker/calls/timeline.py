@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 CAP = 24
 LAST_DIGITS = 4
 MESSAGE_CHARS = 160
+#: How json.dumps quotes a str (ASCII only, as :func:`dumps` writes).
+_quote = json.encoder.encode_basestring_ascii
 
 
 def key(call_sid: str, account: str = DEFAULT_ACCOUNT) -> str:
@@ -95,6 +97,15 @@ def entry(
 
 def dumps(item: Entry) -> str:
     return json.dumps(item, separators=(",", ":"))
+
+
+def callback_entry(outcome: str, code: str | None = None, at: float | None = None) -> str:
+    """``dumps(entry(Kind.CALLBACK, outcome, code=code, at=at))``, written directly:
+    every callback the edge accepts builds one."""
+    t = float.__repr__(round(time.time() if at is None else at, 3))
+    if code:
+        return f'{{"t":{t},"k":"callback","o":{_quote(outcome)},"c":{_quote(code)}}}'
+    return f'{{"t":{t},"k":"callback","o":{_quote(outcome)}}}'
 
 
 def append(

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from web import payload as payload_module
 from web.payload import MAX_BODY_BYTES, MAX_FIELDS, PayloadError, decode_body
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "callbacks"
@@ -608,3 +609,51 @@ def depth(value: Any) -> int:
 def test_nested_json_round_trips_through_flattened_form(value: dict[str, Any]) -> None:
     body = urlencode(flatten(value)).encode()
     assert decode_body(FORM, body, []) == value
+
+
+FORM_PIECES = st.lists(
+    st.sampled_from(
+        [
+            "a",
+            "Legs",
+            "[0]",
+            "%5B",
+            "%5d",
+            "=",
+            "&",
+            "+",
+            "%",
+            "%2",
+            "%zz",
+            "%26",
+            "%3D",
+            "%41",
+            "%25",
+            "%C3",
+            "%A9",
+            "%C3%A9",
+            "%E2%82%AC",
+            "%FF",
+            "\u00e9",
+            "\u20ac",
+            " ",
+            "x",
+        ]
+    ),
+    max_size=24,
+).map("".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(texts=st.lists(FORM_PIECES, min_size=1, max_size=3))
+def test_form_decoding_is_parse_qsl_strict(texts: list[str]) -> None:
+    # The same names again (remembered from the first body) must decode the same way.
+    for text in [*texts, *texts]:
+        body = text.encode()
+        try:
+            expected = parse_qsl(text, keep_blank_values=True, errors="strict")
+        except UnicodeDecodeError:
+            with pytest.raises(PayloadError, match="not valid UTF-8"):
+                payload_module._parse_form(body)
+        else:
+            assert payload_module._parse_form(body) == expected
