@@ -17,7 +17,7 @@ from worker.errors import Deferred, ExolegsError, Kind, TransientError
 from worker.jobs import Batch, JobId, Outcome
 from worker.jobs.circuit import failures_key
 from worker.jobs.pump import Pump
-from worker.jobs.retry import decide
+from worker.jobs.retry import decide, within_retention
 from worker.logs import bind, log_context
 from worker.runtime import Runtime
 from worker.settings import DEFAULT_ACCOUNT
@@ -147,7 +147,8 @@ def execute(rt: Runtime, job: JobId, token: str) -> Outcome:
                     state=pipeline.parse_reads(job, reads),
                 )
         except Deferred as wait:
-            rt.book.release(job_id, token, wait.delay, undo_attempt=True)
+            delay = within_retention(wait.delay, rt.settings, f"{context}: a wait ({wait.reason})")
+            rt.book.release(job_id, token, delay, undo_attempt=True)
             log.debug("%s deferred: %s", context, wait.reason)
             return Outcome.DEFERRED
         except ExolegsError as err:

@@ -7,7 +7,7 @@ import pytest
 
 from worker.errors import ConfigFaultError, PermanentError, RateLimitedError, TransientError
 from worker.jobs import Outcome
-from worker.jobs.retry import backoff, decide
+from worker.jobs.retry import backoff, decide, within_retention
 from worker.settings import Settings
 
 SETTINGS = Settings.from_env(
@@ -59,3 +59,15 @@ def test_a_retry_after_beyond_half_the_retention_is_cut_with_an_error(
         decision = decide(RateLimitedError("slow down", retry_after=86400), 1, settings)
     assert decision.action is Outcome.RETRY and decision.delay == pytest.approx(18)
     assert "beyond half of RETENTION_HOURS" in caplog.text
+
+
+def test_no_wait_outlives_half_the_retention(caplog: pytest.LogCaptureFixture) -> None:
+    """Parking and rate-limit waits are cut too: the call's state must outlive every wait."""
+    settings = SETTINGS.with_(retention_hours=0.01, circuit_probe_seconds=600)  # 36 s
+    with caplog.at_level(logging.ERROR, logger="exolegs.retry"):
+        parked = decide(ConfigFaultError("401/1010"), 1, settings)
+        slot = within_retention(5000.0, settings, "a rate-limit slot")
+    assert parked.action is Outcome.PARKED and parked.delay == pytest.approx(18)
+    assert slot == pytest.approx(18)
+    assert caplog.text.count("beyond half of RETENTION_HOURS") == 2
+    assert within_retention(3.0, settings, "a short wait") == 3.0
