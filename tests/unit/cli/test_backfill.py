@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import io
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 import pytest
@@ -15,17 +14,10 @@ from worker.calls import backfill
 from worker.calls.intake import call_facts
 from worker.calls.provenance import Source
 from worker.calls.reconcile import INDIA, stamp
-from worker.calls.simulator import SimulatorConfig, start_in_thread
+from worker.calls.simulator import SimulatorConfig
 from worker.cli.backfill import Reporter, cmd_backfill
 from worker.errors import SettingsError
 from worker.jobs import JOBS
-
-
-@pytest.fixture(scope="module")
-def sim() -> Iterator[Simulator]:
-    server, url = start_in_thread(SimulatorConfig())
-    yield Simulator(url)
-    server.shutdown()
 
 
 @pytest.fixture
