@@ -197,13 +197,12 @@ def deliver_without_legs(
     """
     pipe = rt.redis.pipeline(transaction=False)
     pipe.exists(keys.record(call_sid, account))
-    pipe.hmget(keys.call(call_sid, account), CALLBACK_FIELDS)
-    pipe.hmget(keys.call(call_sid, account), FACT_FIELDS)
-    exists, raw_callback, raw_facts = pipe.execute()
+    pipe.hmget(keys.call(call_sid, account), CALL_FIELDS)
+    exists, raw_call = pipe.execute()
     if exists:
         return None
-    source = facts_of(raw_facts).source
-    record = build_call_record(rt, None, parse_callback(raw_callback), account, source)
+    raw_callback, facts = _callback_and_facts(raw_call)
+    record = build_call_record(rt, None, parse_callback(raw_callback), account, facts.source)
     mark_legs_unavailable(rt.redis, call_sid, account)
     names = set(rt.sinks_of(account)) | fleet.live(rt.redis.hgetall(keys.SINKS), account)
     _book_deliveries(rt, call_sid, account, record, names)
@@ -506,6 +505,16 @@ class DeliveryState(NamedTuple):
 JobState = FetchState | DeliveryState
 
 
+#: The call hash's fields a run reads at once: the callback, then its facts.
+CALL_FIELDS = [*CALLBACK_FIELDS, *FACT_FIELDS]
+
+
+def _callback_and_facts(raw: list[Any]) -> tuple[list[Any], CallFacts]:
+    """``HMGET call-hash *CALL_FIELDS`` -> (the callback's raw fields, the call's facts)."""
+    n = len(CALLBACK_FIELDS)
+    return raw[:n], facts_of(raw[n:])
+
+
 def queue_reads(rt: Runtime, job: JobId, pipe: Pipeline) -> None:
     """Queue the reads a job's run starts with (see :func:`parse_reads`).
 
@@ -514,7 +523,7 @@ def queue_reads(rt: Runtime, job: JobId, pipe: Pipeline) -> None:
     """
     ledger.keep_alive(pipe, job.call_sid, rt.settings.retention_seconds, job.account)
     if job.kind == jobs.FETCH:
-        pipe.hmget(keys.call(job.call_sid, job.account), [*CALLBACK_FIELDS, *FACT_FIELDS])
+        pipe.hmget(keys.call(job.call_sid, job.account), CALL_FIELDS)
         pipe.hgetall(keys.SINKS)
     else:
         queue_pending_upgrade(pipe, job.call_sid, job.sink or "", job.account)
@@ -524,8 +533,7 @@ def parse_reads(job: JobId, raw: list[Any]) -> JobState:
     """:func:`queue_reads`'s results as the job's state."""
     if job.kind == jobs.FETCH:
         raw_record, raw_call, announced = raw
-        n = len(CALLBACK_FIELDS)
-        return FetchState(raw_record, raw_call[:n], facts_of(raw_call[n:]), announced)
+        return FetchState(raw_record, *_callback_and_facts(raw_call), announced)
     raw_record, upgrade = raw
     return DeliveryState(stored.loads(raw_record) if raw_record else None, bool(upgrade))
 
