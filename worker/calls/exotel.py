@@ -221,6 +221,10 @@ class ExotelClient:
         self._base, self.host = _split_base(settings.exotel_url)
         self._v1_base, self._v1_host = _split_base(settings.exotel_v1_url)
         self._headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
+        # The legs GET, prepared once (session headers, auth); each fetch copies it.
+        self._legs_request = self.session.prepare_request(
+            requests.Request("GET", f"{self._base}/", auth=self._auth, headers=self._headers)
+        )
 
     # ----------------------------------------------------------------- API
     def legs_url(self, call_sid: str) -> str:
@@ -241,13 +245,7 @@ class ExotelClient:
             raise ConfigFaultError(NOT_CONFIGURED)
         url = self.legs_url(call_sid)
         try:
-            answer = self.session.get(
-                url,
-                auth=self._auth,
-                headers=self._headers,
-                timeout=self.timeout,
-                allow_redirects=False,
-            )
+            answer = self._send_legs_get(url)
         except requests.Timeout as err:
             raise TransientError(
                 f"Exotel legs fetch for call {call_sid} timed out talking to {self.host} "
@@ -264,6 +262,29 @@ class ExotelClient:
             return self._handle(call_sid, answer)
         finally:
             answer.close()
+
+    def _send_legs_get(self, url: str) -> requests.Response:
+        """The legs GET through the session's adapter, body read, no redirect followed.
+
+        ``Session.get`` would rebuild and merge the same request each time and
+        keep cookie and redirect bookkeeping this API never uses: about a
+        third of the client's CPU per fetch, measured with ``bench/worker.py``.
+        The URL is built from parts already checked (the base URL, a sid of
+        ``[A-Za-z0-9_-]``), so it needs no re-preparing.
+        """
+        request = self._legs_request.copy()
+        request.url = url
+        adapter = self.session.get_adapter(url)
+        answer = adapter.send(
+            request,
+            stream=False,
+            timeout=self.timeout,
+            verify=True if self.session.verify is None else self.session.verify,
+            cert=self.session.cert,
+            proxies=self.session.proxies,
+        )
+        _ = answer.content  # read it all now, as a non-streaming Session.get would
+        return answer
 
     #: A call sid no account has: asking for its legs proves the credentials harmlessly.
     CHECK_CALL_SID = "exolegs-check-0"
