@@ -8,13 +8,16 @@ for its current claim (see :mod:`worker.jobs.book`).
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from typing import TYPE_CHECKING
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 from worker import jobs, keys, metrics, pipeline
 from worker.celery_app import app
 from worker.errors import Deferred, ExolegsError, Kind, TransientError
-from worker.jobs import Batch, JobId, Outcome
+from worker.jobs import Batch, JobId, Outcome, Started
+from worker.jobs.book import Reads
 from worker.jobs.circuit import failures_key
 from worker.jobs.pump import Pump
 from worker.jobs.retry import decide, within_retention
@@ -83,32 +86,66 @@ def run_batch(rt: Runtime, batch: Batch) -> list[Outcome]:
     deadline = time.monotonic() + rt.settings.job_lease_seconds * BATCH_BUDGET_FRACTION
     first = batch.jobs[0]
 
-    def run(job: JobId) -> Outcome:
+    trouble = threading.Event()
+
+    def run(item: tuple[JobId, Begun]) -> Outcome:
+        job, (started, reads) = item
+        if isinstance(started, Outcome):
+            return started  # STALE or BUSY: not this claim's to run
         if time.monotonic() > deadline:
-            rt.book.release(str(job), batch.token, 0)
+            rt.book.release(str(job), batch.token, 0, undo_attempt=True)
             return Outcome.HANDED_BACK
+        if trouble.is_set():
+            # A job of this message failed since it began: what the begin saw
+            # of the upstream's circuit may be out of date, so look again.
+            started = replace(started, circuit_open=None, failing=True)
         with log_context(call_sid=job.call_sid, job=str(job), account=job.account, sink=job.sink):
-            outcome = execute(rt, job, batch.token)
+            outcome = execute(rt, job, batch.token, (started, reads))
+        if outcome not in _UNTROUBLED:
+            trouble.set()
         pipeline.report(rt, job, outcome)
         return outcome
 
     with rt.heartbeat.slot(first.sink, batch.slot):
-        if first.kind == jobs.FETCH and len(batch.jobs) > 1 and rt.settings.fetch_concurrency > 1:
-            return list(rt.fetch_threads.map(run, batch.jobs))
-        return [run(job) for job in batch.jobs]
+        # Every job of the message begins, with its first reads, in one round trip.
+        items = list(zip(batch.jobs, begin_all(rt, batch), strict=True))
+        if first.kind == jobs.FETCH and len(items) > 1 and rt.settings.fetch_concurrency > 1:
+            return list(rt.fetch_threads.map(run, items))
+        return [run(item) for item in items]
 
 
-def execute(rt: Runtime, job: JobId, token: str) -> Outcome:
-    """Run one job once under claim ``token``; returns what happened (for logs and tests)."""
-    job_id = str(job)
+#: Outcomes that say nothing about the upstream's health.
+_UNTROUBLED = frozenset({Outcome.DONE, Outcome.DEFERRED, Outcome.STALE, Outcome.BUSY})
+
+#: What a job's begin gave: STALE, BUSY or Started, and its first reads.
+Begun = tuple[Started | Outcome, list[Any]]
+
+
+def _begin_args(rt: Runtime, job: JobId) -> tuple[str, str, str, Reads]:
     upstream = pipeline.upstream_of(rt, job)
-    started, reads = rt.book.begin_with(
-        job_id,
-        token,
+    return (
+        str(job),
         keys.circuit(upstream),
         failures_key(upstream),
         lambda pipe: pipeline.queue_reads(rt, job, pipe),
     )
+
+
+def begin_all(rt: Runtime, batch: Batch) -> list[Begun]:
+    """Begin each job of ``batch`` under its claim, reads included, in one round trip."""
+    return rt.book.begin_all(batch.token, [_begin_args(rt, job) for job in batch.jobs])
+
+
+def execute(rt: Runtime, job: JobId, token: str, begun: Begun | None = None) -> Outcome:
+    """Run one job once under claim ``token``; returns what happened (for logs and tests).
+
+    ``begun``: the job was begun already (:func:`begin_all`); else it begins here.
+    """
+    job_id = str(job)
+    if begun is None:
+        job_id_, circuit, failures, reads_of = _begin_args(rt, job)
+        begun = rt.book.begin_with(job_id_, token, circuit, failures, reads_of)
+    started, reads = begun
     if isinstance(started, Outcome):
         return started  # STALE: not this claim's to run; BUSY: a copy of it runs
     context = f"call={job.call_sid} job={job_id}"

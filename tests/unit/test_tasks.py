@@ -279,3 +279,20 @@ def _one_batch(rt: Runtime) -> jobs.Batch:
     batches = rt.book.claim()
     token = batches[0].token
     return jobs.Batch(token, tuple(j for b in batches for j in b.jobs), batches[0].claimed_at)
+
+
+def test_a_message_out_of_time_hands_its_jobs_back_uncounted(make_rt, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Jobs begun with their message but never reached are due again now, attempts undone."""
+    import worker.tasks
+
+    rt = make_rt()
+    for n in range(3):
+        accept(rt, f"late{n}")
+    monkeypatch.setattr(worker.tasks, "BATCH_BUDGET_FRACTION", 0.0)  # the budget is spent at once
+    assert run_due(rt) == ["handed back"] * 3
+    for n in range(3):
+        info = rt.book.describe(jobs.fetch_id(f"late{n}"))
+        assert info is not None and int(info.get("attempts") or 0) == 0
+    assert not rt.redis.exists(*(f"{job_key(jobs.fetch_id(f'late{n}'))}:lock" for n in range(3)))
+    monkeypatch.undo()
+    assert run_due(rt) == ["done"] * 3  # claimable at once, and they run

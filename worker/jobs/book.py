@@ -39,7 +39,7 @@ This module alone names the book's keys (:data:`JOBS`, :data:`WAKE`,
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -64,6 +64,8 @@ WAKE = f"{PREFIX}:pump:wake"
 #: Queues a run's own end (its job's :meth:`JobBook.finish`) on the ``MULTI``
 #: that writes the run's result, so the two commit together.
 Commit = Callable[["Pipeline"], object]
+#: Queues a run's first reads on the pipeline that begins it (see :meth:`JobBook.begin_with`).
+Reads = Callable[["Pipeline"], object]
 
 
 def job_key(job_id: str) -> str:
@@ -350,7 +352,7 @@ class Started:
 
     attempt: int
     force: bool
-    circuit_open: bool = False
+    circuit_open: bool | None = False  # None: not known now, look before calling
     failing: bool = True  # its upstream has failures counted (a success must clear them)
 
 
@@ -536,19 +538,38 @@ class JobBook:
         token: str,
         circuit: str | None,
         failures: str | None,
-        reads: Callable[[Pipeline], object],
+        reads: Reads,
     ) -> tuple[Started | Outcome, list[Any]]:
         """:meth:`begin`, with the run's first reads (queued by ``reads``) in the same round trip.
 
         Returns what :meth:`begin` would and the reads' results. The reads must
         only read (or only extend TTLs): a stale or busy message makes them too.
         """
+        return self.begin_all(token, [(job_id, circuit, failures, reads)])[0]
+
+    def begin_all(
+        self, token: str, runs: Sequence[tuple[str, str | None, str | None, Reads]]
+    ) -> list[tuple[Started | Outcome, list[Any]]]:
+        """:meth:`begin_with` for every job of one message, in one round trip.
+
+        ``runs`` holds (job id, circuit, failures, reads) per job. A job begun
+        here whose turn never comes must be handed back with
+        ``release(..., undo_attempt=True)``: its attempt was counted.
+        """
         pipe = self.redis.pipeline(transaction=False)
-        keys = self._begin_keys(job_id, circuit, failures)
-        scripts.queue(pipe, self._begin, keys, [job_id, token, self.lease_ms])
-        reads(pipe)
-        raw, *rest = pipe.execute()
-        return self._started(raw, circuit, failures), rest
+        sizes = []
+        for job_id, circuit, failures, reads in runs:
+            keys = self._begin_keys(job_id, circuit, failures)
+            scripts.queue(pipe, self._begin, keys, [job_id, token, self.lease_ms])
+            before = len(pipe)
+            reads(pipe)
+            sizes.append(len(pipe) - before)
+        results = iter(pipe.execute())
+        out = []
+        for (_, circuit, failures, _), size in zip(runs, sizes, strict=True):
+            started = self._started(next(results), circuit, failures)
+            out.append((started, [next(results) for _ in range(size)]))
+        return out
 
     @staticmethod
     def _begin_keys(job_id: str, circuit: str | None, failures: str | None) -> list[str]:
