@@ -47,6 +47,7 @@ from bench.common import (
     Child,
     PrivateRedis,
     free_port,
+    group_cpu,
     interrupts_as_keyboard,
     leader_cpu,
     machine,
@@ -68,17 +69,18 @@ POLL = 0.01  # seconds between completion checks (ZCARD / GET: negligible load)
 
 @dataclass(frozen=True)
 class Cpu:
-    """CPU seconds so far: the worker's main process, its pool, Redis, and this process."""
+    """CPU seconds so far: the worker (main process, pool), Redis, this process, the simulator."""
 
     main: float  # Celery's consumer: broker I/O, and for ours the job pump's publishing
     pool: float  # the task bodies
     redis: float
-    bench: float  # booking or publishing, polling, and (ours) the simulator process
+    bench: float  # booking or publishing, and polling
+    simulator: float  # the Exotel simulator's processes (Exotel's side, on this machine here)
 
     @classmethod
-    def sample(cls, worker: Child, store: PrivateRedis) -> Cpu:
+    def sample(cls, worker: Child, store: PrivateRedis, sim: Child) -> Cpu:
         main, pool = leader_cpu(worker.proc.pid)
-        return cls(main, pool, store.cpu(), self_cpu())
+        return cls(main, pool, store.cpu(), self_cpu(), group_cpu(sim.proc.pid))
 
     @property
     def worker_and_redis(self) -> float:
@@ -90,6 +92,7 @@ class Cpu:
             self.pool - other.pool,
             self.redis - other.redis,
             self.bench - other.bench,
+            self.simulator - other.simulator,
         )
 
 
@@ -181,18 +184,19 @@ def pool_args(args: argparse.Namespace) -> list[str]:
 def timed(
     worker: Child,
     store: PrivateRedis,
+    sim: Child,
     submit: Callable[[], object],
     done: Callable[[], bool],
     what: str,
     timeout: float,
 ) -> tuple[float, Cpu]:
     """Seconds from the first submission until ``done()``, and the CPU spent meanwhile."""
-    before = Cpu.sample(worker, store)
+    before = Cpu.sample(worker, store, sim)
     started = time.monotonic()
     submit()
     wait_until(done, what, timeout=timeout, interval=POLL, child=worker)
     seconds = time.monotonic() - started
-    return seconds, Cpu.sample(worker, store) - before
+    return seconds, Cpu.sample(worker, store, sim) - before
 
 
 # ------------------------------------------------------------------ ours
@@ -279,6 +283,7 @@ def run_ours(
         seconds, cpu = timed(
             child,
             store,
+            sim.child,
             lambda: [intake.accept(e) for e in events],
             lambda: client.zcard(jobs.JOBS) == 0,
             "the job book to empty",
@@ -303,7 +308,9 @@ def run_ours(
 
 
 # ------------------------------------------------------------------ baseline
-def run_baseline(n: int, args: argparse.Namespace, store: PrivateRedis, work: Path) -> Run:
+def run_baseline(
+    n: int, args: argparse.Namespace, store: PrivateRedis, sim: SimulatorProcess, work: Path
+) -> Run:
     from bench import noop_app
 
     client = store.client()
@@ -343,6 +350,7 @@ def run_baseline(n: int, args: argparse.Namespace, store: PrivateRedis, work: Pa
         seconds, cpu = timed(
             child,
             store,
+            sim.child,
             lambda: [noop_app.noop.apply_async() for _ in range(args.calls)],
             lambda: int(client.get(noop_app.DONE_KEY) or 0) >= args.calls,
             "the no-op tasks to finish",
@@ -383,6 +391,7 @@ def report(runs: list[Run]) -> None:
             ms(r.cpu.pool, r),
             ms(r.cpu.redis, r),
             ms(r.cpu.bench, r),
+            ms(r.cpu.simulator, r),
         ]
         for r in runs
     ]
@@ -398,7 +407,8 @@ def report(runs: list[Run]) -> None:
                 "main process CPU ms/item",
                 "pool CPU ms/item",
                 "redis CPU ms/item",
-                "bench+simulator CPU ms/item",
+                "bench CPU ms/item",
+                "simulator CPU ms/item",
             ],
             rows,
         )
@@ -458,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
                 for kind in ("baseline", "exolegs"):
                     n = len(runs) + 1
                     if kind == "baseline":
-                        run = run_baseline(n, args, store, work)
+                        run = run_baseline(n, args, store, sim, work)
                     else:
                         run = run_ours(n, args, env, store, sim, work)
                     runs.append(run)
