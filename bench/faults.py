@@ -1411,6 +1411,9 @@ def _neighbour_run(
         if out["failures"] or out["dead"] or out["jobs_left"]:
             out["evidence"] = run.log_evidence()
         return out
+    except BaseException:
+        step.abort()  # the other deployment need not wait for this one at either barrier
+        raise
     finally:
         sampling.set()
         with contextlib.suppress(threading.BrokenBarrierError):
@@ -1467,6 +1470,8 @@ def noisy_neighbour(calls: int, quick: bool, keep: bool) -> Result:
     def one(name: str, with_a: bool) -> None:
         try:
             runs[name] = _neighbour_run(name, keep, storms if with_a else None, span, step)
+        except threading.BrokenBarrierError:
+            runs[name] = {"error": "stopped: the other deployment failed (see its error)"}
         except Exception as err:  # reported as the row's failure below
             step.abort()
             runs[name] = {"error": f"{type(err).__name__}: {err}"}
