@@ -37,6 +37,7 @@ import contextlib
 import itertools
 import json
 import os
+import random
 import re
 import secrets
 import shutil
@@ -1180,12 +1181,28 @@ B_SIM = SimAccount("acct_b", "key_b", "token_b_0123456789")
 
 
 class _Paced:
-    """Posts one account's terminal callbacks at a steady rate, noting when each left."""
+    """Posts one account's terminal callbacks at a steady rate, noting when each left.
 
-    def __init__(self, run: Run, token: str, prefix: str, per_minute: float) -> None:
+    Call ``n`` leaves at ``t0 + n * interval`` (``t0`` defaults to the start),
+    so two pacers given the same ``t0`` post their calls at the same instants;
+    ``count`` stops it after that many calls.
+    """
+
+    def __init__(
+        self,
+        run: Run,
+        token: str,
+        prefix: str,
+        per_minute: float,
+        *,
+        t0: float | None = None,
+        count: int | None = None,
+    ) -> None:
         self.url = f"{run.edge}/exotel/callback/{token}"
         self.prefix = prefix
         self.interval = 60.0 / per_minute
+        self.t0 = t0
+        self.count = count
         self.sent: dict[str, float] = {}
         self.stop = threading.Event()
         self.errors: list[str] = []
@@ -1195,13 +1212,18 @@ class _Paced:
         self.thread.start()
         return self
 
+    def sid(self, n: int) -> str:
+        return f"{self.prefix}{n:05d}"
+
     def _run(self) -> None:
         session = requests.Session()
-        t0 = time.time()
+        t0 = time.time() if self.t0 is None else self.t0
         n = 0
         while not self.stop.is_set() and not STOPPING.is_set():
+            if self.count is not None and n >= self.count:
+                break
             time.sleep(max(0.0, t0 + n * self.interval - time.time()))
-            sid = f"{self.prefix}{n:05d}"
+            sid = self.sid(n)
             data = {"CallSid": sid, "Status": "completed", "EventType": "terminal",
                     "Direction": "outbound-api"}  # fmt: skip
             self.sent[sid] = time.time()
@@ -1216,7 +1238,10 @@ class _Paced:
                 self.errors.append(f"callback for {sid} never accepted")
             n += 1
 
-    def finish(self) -> None:
+    def finish(self, timeout: float = 20) -> None:
+        """Wait up to ``timeout`` s for its ``count`` calls (if set), then stop it."""
+        if self.count is not None:
+            self.thread.join(timeout)
         self.stop.set()
         self.thread.join(20)
 
@@ -1226,11 +1251,34 @@ def _p(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
+#: Both deployments' B posts for this long before A starts; those calls are left out of both
+#: p95s (first connections, first task in each worker process).
+NEIGHBOUR_WARMUP = 5.0
+
+
+class _Lockstep:
+    """What keeps the two deployments of noisy-neighbour in step.
+
+    ``start``: both wait until both are up; then call ``n`` of B leaves both at
+    ``t0 + n * 0.3 s``. ``end``: neither is torn down while the other still measures.
+    """
+
+    def __init__(self) -> None:
+        self.t0: list[float] = []
+        self.start = threading.Barrier(2, action=lambda: self.t0.append(time.time() + 0.5))
+        self.end = threading.Barrier(2)
+
+    def abort(self) -> None:
+        self.start.abort()
+        self.end.abort()
+
+
 def _neighbour_run(
-    name: str, keep: bool, storms: tuple[float, float] | None, span: float
+    name: str, keep: bool, storms: tuple[float, float] | None, span: float, step: _Lockstep
 ) -> dict[str, Any]:
-    """One run: account B at its full 200/minute for ``span`` s; with ``storms``, account A
-    (the default account) at 200/minute too, through a 401 storm then a 429 storm."""
+    """One run: account B at its full 200/minute for a warm-up and ``span`` s; with
+    ``storms``, account A (the default account), after the warm-up, at 200/minute
+    too, through a 401 storm then a 429 storm. Returns B's latency per measured call."""
     run = Run(name, 0, keep=keep, sim=SimulatorConfig(accounts=(B_SIM,)),
               env={"CIRCUIT_PROBE_SECONDS": "10", "EXOTEL_RATE_LIMIT": "200/minute"})  # fmt: skip
     out: dict[str, Any] = {"failures": [], "notes": []}
@@ -1266,15 +1314,21 @@ def _neighbour_run(
         run.start_worker()
         threading.Thread(target=sample, daemon=True).start()
         a_sid = run.sim_config.account_sid
-        b = _Paced(run, B_TOKEN, f"nnb-{name[-4:]}-", 200).start()
+        step.start.wait(timeout=240)  # the other deployment is up too
+        t0 = step.t0[0]
+        interval = 60.0 / 200
+        skip = int(-(-NEIGHBOUR_WARMUP // interval))  # the first calls: warm-up, not measured
+        total = skip + int(span / interval)
+        b = _Paced(run, B_TOKEN, f"nnb-{name[-4:]}-", 200, t0=t0, count=total).start()
         a: _Paced | None = None
-        started = time.time()
+        started = t0 + skip * interval  # the measured calls, and A's, start here
+        time.sleep(max(0.0, started - time.time()))
         if storms is not None:
             storm401, storm429 = storms
             run.sim_control("mode", {"mode": "unauthorized", "account": a_sid})
-            a = _Paced(run, TOKEN, f"nna-{name[-4:]}-", 200).start()
+            a = _Paced(run, TOKEN, f"nna-{name[-4:]}-", 200, t0=started).start()
             log(f"A: 401 storm for {storm401:.0f}s while B runs at 200/minute")
-            time.sleep(storm401)
+            time.sleep(max(0.0, started + storm401 - time.time()))
             run.sim_control("mode", {"mode": "normal", "account": a_sid})
             key = f"exolegs:circuit:exotel:{a_sid}"
             deadline = time.monotonic() + 60
@@ -1327,53 +1381,99 @@ def _neighbour_run(
         arrived: dict[str, float] = {}
         for when, sid, _ in receiver.ok:
             arrived.setdefault(sid, when)
-        e2e = [arrived[sid] - at for sid, at in b.sent.items() if sid in arrived]
+        # Call n of B -> its end-to-end latency, for the measured calls (after the warm-up).
+        measured = [b.sid(n) for n in range(skip, total)]
+        out["e2e"] = {sid: arrived[sid] - b.sent[sid] for sid in measured
+                      if sid in arrived and sid in b.sent}  # fmt: skip
+        out["warmup"] = sorted((arrived[sid] - b.sent[sid] for sid in map(b.sid, range(skip))
+                                if sid in arrived and sid in b.sent), reverse=True)  # fmt: skip
         fetched = {e[1]: e[0] for e in run.sim_log if e[1].startswith("nnb-") and e[2] == 200}
-        slowest = sorted(((arrived[s] - t, s) for s, t in b.sent.items() if s in arrived),
-                         reverse=True)[:8]  # fmt: skip
+        # Every B call's times, kept with --keep (the row's line has only the summary).
+        (run.dir / "b-latency.json").write_text(json.dumps({
+            "t0": t0, "measured_from": started, "sent": b.sent, "arrived": arrived,
+            "fetched": fetched, "a_sent": a.sent if a else {}, "queue": queue,
+        }))  # fmt: skip
+        slowest = sorted(((t, s) for s, t in out["e2e"].items()), reverse=True)[:8]
         out["slowest"] = [
             f"{sid} +{b.sent[sid] - started:.1f}s: fetched after "
-            f"{fetched.get(sid, float('nan')) - b.sent[sid]:.2f}s, delivered after {total:.2f}s"
-            for total, sid in slowest
+            f"{fetched.get(sid, float('nan')) - b.sent[sid]:.2f}s, delivered after {total_s:.2f}s"
+            for total_s, sid in slowest
         ]
         peaks = sorted(queue, key=lambda q: -q[1])[:5]
         out["queue"] = [f"{n} msg(s) at +{t - started:.1f}s" for t, n in peaks]
         out.update(
             b_sent=len(b.sent), a_sent=len(a.sent) if a else 0, lost=lost, dup=dup,
-            p50=_p(e2e, 0.5), p95=_p(e2e, 0.95), parked_b=len(parked_b),
-            b_circuit=b_circuit_open[0], dead=run.dead_letters(), jobs_left=run.jobs_left(),
+            parked_b=len(parked_b), b_circuit=b_circuit_open[0], dead=run.dead_letters(),
+            jobs_left=run.jobs_left(),
             b_statuses=dict(Counter(e[2] for e in run.sim_log if e[1].startswith("nnb-"))),
         )  # fmt: skip
         out["failures"] += b.errors + (a.errors if a else [])
         if out["failures"] or out["dead"] or out["jobs_left"]:
             out["evidence"] = run.log_evidence()
         return out
+    except BaseException:
+        step.abort()  # the other deployment need not wait for this one at either barrier
+        raise
     finally:
         sampling.set()
+        with contextlib.suppress(threading.BrokenBarrierError):
+            step.end.wait(timeout=300)  # the other deployment has measured too
         run.close()
+
+
+def _ratio_interval(
+    with_a: list[float], alone: list[float], rounds: int = 2000
+) -> tuple[float, float]:
+    """A 90% bootstrap interval of p95(with A) / p95(alone): how far this run's
+    samples alone could move the ratio. Seeded, so one run's numbers give one interval."""
+    rng = random.Random(0)
+    ratios = sorted(
+        _p(rng.choices(with_a, k=len(with_a)), 0.95) / _p(rng.choices(alone, k=len(alone)), 0.95)
+        for _ in range(rounds)
+    )
+    return ratios[int(0.05 * rounds)], ratios[int(0.95 * rounds)]
 
 
 def noisy_neighbour(calls: int, quick: bool, keep: bool) -> Result:
     """Account A: a 401 storm, then a 429 storm, while account B runs at its full 200/minute.
 
     Two deployments side by side, each with its own Redis, simulator, edge
-    and two workers, started together so that both see the same load on this
-    machine: in one, account B alone; in the other, account B while account A
-    (also posting at 200/minute) goes through the storms. B's end-to-end p95
-    (callback posted -> record at its webhook sink) next to A must stay within
-    10% of its p95 alone, with no B job ever parked and no call of either
-    account lost or doubled. What differs between the two is only what one
-    deployment shares between accounts: its workers, queue, pump and Redis.
+    and two workers: in one, account B alone; in the other, account B while
+    account A (also posting at 200/minute) goes through the storms. What
+    differs between the two is only what one deployment shares between
+    accounts: its workers, queue, pump and Redis.
+
+    How B's latency is compared, like with like:
+
+    - Both deployments start, then wait for each other; B's call ``n`` leaves
+      both at the same instant (``t0 + n * 0.3 s``), so a hiccup of this shared
+      machine hits both samples at once, and both post exactly as many calls.
+    - The first NEIGHBOUR_WARMUP seconds of B (17 calls) are a warm-up in both
+      and measured in neither; A starts only after them, so every second of
+      A's storms, and the 15 s after them, is inside the measured window.
+    - End to end: callback posted -> record at B's webhook sink, both read on
+      this process's clock. Measured calls: 183 with --quick, 350 without.
+    - Neither deployment is torn down until both have finished measuring.
+
+    B's p95 next to A must stay within 10% of its p95 alone (the ratio as
+    measured; the 90% bootstrap interval printed beside it says how much of
+    a difference this many calls can show by chance, and is not used to
+    pass), with no B job ever parked and no call of either account lost or
+    doubled. The row's line carries the numbers whether it passes or fails.
     """
     storms = (20.0, 20.0) if quick else (45.0, 45.0)
     span = sum(storms) + 15.0
-    result = Result("noisy-neighbour")
+    result = Result("noisy-neighbour", sinks=2)
     runs: dict[str, dict[str, Any]] = {}
+    step = _Lockstep()
 
     def one(name: str, with_a: bool) -> None:
         try:
-            runs[name] = _neighbour_run(name, keep, storms if with_a else None, span)
+            runs[name] = _neighbour_run(name, keep, storms if with_a else None, span, step)
+        except threading.BrokenBarrierError:
+            runs[name] = {"error": "stopped: the other deployment failed (see its error)"}
         except Exception as err:  # reported as the row's failure below
+            step.abort()
             runs[name] = {"error": f"{type(err).__name__}: {err}"}
 
     threads = [threading.Thread(target=one, args=("noisy-alone", False), daemon=True),
@@ -1384,38 +1484,58 @@ def noisy_neighbour(calls: int, quick: bool, keep: bool) -> Result:
     for thread in threads:
         thread.join()
     run_cleanups()
-    for name, run in runs.items():
-        if "error" in run:
-            raise RuntimeError(f"{name}: {run['error']}")
-    alone, both = runs["noisy-alone"], runs["noisy-both"]
-    ratio = both["p95"] / alone["p95"]
-    result.sent = both["b_sent"] + both["a_sent"]
-    result.delivered = result.sent - both["lost"]
-    result.lost = both["lost"] + alone["lost"]
-    result.duplicates = both["dup"] + alone["dup"]
-    result.dead = both["dead"] + alone["dead"]
-    result.sinks = 2
-    result.drain = both["span"]
-    ms = lambda v: f"{v * 1000:.0f}"  # noqa: E731
-    result.notes.append(
-        f"B p95 {ms(both['p95'])} ms with A vs {ms(alone['p95'])} ms alone "
-        f"(x{ratio:.2f}); p50 {ms(both['p50'])} vs {ms(alone['p50'])} ms"
+    alone, both = (
+        runs.get("noisy-alone", {"error": "no result"}),
+        runs.get("noisy-both", {"error": "no result"}),
     )
-    result.notes.append(f"B {both['b_sent']} calls, A {both['a_sent']}; A's Exotel answers "
-                        f"{both.get('a_statuses')}; B's {both['b_statuses']}")  # fmt: skip
+    ms = lambda v: f"{v * 1000:.0f}"  # noqa: E731
+    e2e_both = list(both.get("e2e", {}).values())
+    e2e_alone = list(alone.get("e2e", {}).values())
+    ratio = float("nan")
+    if e2e_both and e2e_alone:
+        p95_both, p95_alone = _p(e2e_both, 0.95), _p(e2e_alone, 0.95)
+        ratio = p95_both / p95_alone
+        low, high = _ratio_interval(e2e_both, e2e_alone)
+        result.notes.append(
+            f"B p95 {ms(p95_both)} ms with A vs {ms(p95_alone)} ms alone (x{ratio:.2f}; "
+            f"90% interval x{low:.2f}-x{high:.2f} over {len(e2e_both)} and {len(e2e_alone)} "
+            f"calls); p50 {ms(_p(e2e_both, 0.5))} vs {ms(_p(e2e_alone, 0.5))} ms"
+        )
+        warm = [
+            "/".join(ms(w) for w in run.get("warmup", [])[:3]) or "none" for run in (both, alone)
+        ]
+        result.notes.append(f"warm-up's slowest (not measured) {warm[0]} vs {warm[1]} ms")
+    else:
+        for name, run in (("with A", both), ("alone", alone)):
+            values = list(run.get("e2e", {}).values())
+            shown = f"p95 {ms(_p(values, 0.95))} ms" if values else "no numbers"
+            result.notes.append(f"B {name}: {shown}")
+    if "b_sent" in both:
+        result.notes.append(f"B {both['b_sent']} calls, A {both['a_sent']}; A's Exotel answers "
+                            f"{both.get('a_statuses')}; B's {both['b_statuses']}")  # fmt: skip
+    for name, run in (("noisy-alone", alone), ("noisy-both", both)):
+        if "error" in run:
+            result.failures.append(f"{name}: {run['error']}")
+    result.sent = both.get("b_sent", 0) + both.get("a_sent", 0)
+    result.delivered = result.sent - both.get("lost", 0)
+    result.lost = both.get("lost", 0) + alone.get("lost", 0)
+    result.duplicates = both.get("dup", 0) + alone.get("dup", 0)
+    result.dead = both.get("dead", 0) + alone.get("dead", 0)
+    result.drain = both.get("span")
     if ratio > 1.10:
         result.failures.append(f"B's p95 rose {ratio:.2f}x with A's storms (limit 1.10x)")
         result.evidence += ["slowest B calls with A:", *both["slowest"]]
+        result.evidence += ["slowest B calls alone:", *alone["slowest"]]
         result.evidence.append(f"broker queue peaks with A: {both['queue']}")
         result.evidence.append(f"broker queue peaks alone: {alone['queue']}")
-    if both["parked_b"] or both["b_circuit"]:
+    if both.get("parked_b") or both.get("b_circuit"):
         result.failures.append(f"{both['parked_b']} B job(s) parked; B circuit opened: "
                                f"{both['b_circuit']}")  # fmt: skip
-    if set(both["b_statuses"]) - {200}:
+    if set(both.get("b_statuses", {200: 0})) - {200}:
         result.failures.append(f"B's Exotel answers were not all 200: {both['b_statuses']}")
     for run in (alone, both):
-        result.failures += run["failures"]
-        if run["jobs_left"]:
+        result.failures += run.get("failures", [])
+        if run.get("jobs_left"):
             result.failures.append(f"{run['jobs_left']} job(s) left in the book")
         result.evidence += run.get("evidence", [])
     return result
