@@ -668,8 +668,6 @@ class JobBook:
         sink's next message goes out as its last one finishes, not up to a
         poll interval later.
         """
-        if timeout <= 0:
-            return False  # BLPOP would read 0 as "wait forever"
         return self.redis.blpop([WAKE], timeout=timeout) is not None
 
     def wake(self) -> None:
