@@ -31,9 +31,9 @@ One clock: every score, deadline and TTL is computed from Redis ``TIME``
 inside Lua. Callers pass only relative delays, so a worker whose clock is off
 behaves exactly like one in sync.
 
-This module alone names the book's keys (:data:`JOBS`, :data:`WAKE`,
-:func:`job_key`, :func:`lock_key`, :func:`slots_key`, :func:`waiting_key`); code outside
-``worker.jobs`` calls the book's methods.
+This module alone names the book's keys (:data:`JOBS`, :func:`job_key`,
+:func:`lock_key`, :func:`slots_key`, :func:`waiting_key`); code outside ``worker.jobs`` calls the
+book's methods.
 """
 
 from __future__ import annotations
@@ -58,8 +58,6 @@ FETCH = "fetch"
 DELIVER = "deliver"
 
 JOBS = f"{PREFIX}:jobs"  # sorted set: job id -> due time (Redis clock, unix seconds)
-#: List holding at most one token: "jobs just came due", for a pump waiting between claims.
-WAKE = f"{PREFIX}:pump:wake"
 
 #: Queues a run's own end (its job's :meth:`JobBook.finish`) on the ``MULTI``
 #: that writes the run's result, so the two commit together.
@@ -214,11 +212,6 @@ for i = 1, #waiting, 2 do
     redis.call('ZADD', KEYS[1], 'XX', string.format('%.6f', now), id)
     woken = woken + 1
   end
-end
-if woken > 0 then
-  redis.call('LPUSH', KEYS[4], '1')
-  redis.call('LTRIM', KEYS[4], 0, 0)
-  redis.call('PEXPIRE', KEYS[4], 1000)
 end
 return woken
 """
@@ -652,31 +645,13 @@ class JobBook:
         """A message of ``sink`` is done: its place under the cap is free.
 
         Up to a message's worth of the sink's jobs that were waiting for a
-        slot are due now, and a waiting pump is woken to claim them; returns
-        how many.
+        slot are due now; returns how many.
         """
         return int(
             self._free_slot(
-                keys=[JOBS, slots_key(sink), waiting_key(sink), WAKE], args=[member, self.batch]
+                keys=[JOBS, slots_key(sink), waiting_key(sink)], args=[member, self.batch]
             )
         )
-
-    def wait_for_work(self, timeout: float) -> bool:
-        """Sleep until jobs come due from a freed slot, or ``timeout`` seconds; True if woken.
-
-        A pump with nothing to claim waits here rather than on a timer, so a
-        sink's next message goes out as its last one finishes, not up to a
-        poll interval later.
-        """
-        return self.redis.blpop([WAKE], timeout=timeout) is not None
-
-    def wake(self) -> None:
-        """Wake a pump waiting in :meth:`wait_for_work` (one stopping, say)."""
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.lpush(WAKE, 1)
-        pipe.ltrim(WAKE, 0, 0)
-        pipe.pexpire(WAKE, 1000)
-        pipe.execute()
 
     # -------------------------------------------------------------- state
     def now(self) -> float:

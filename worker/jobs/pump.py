@@ -20,9 +20,7 @@ class Pump:
     deliveries. The pump tops the broker ``queue`` up only while it holds
     fewer than ``high_water`` messages and its oldest has waited less than a
     quarter of the lease: the limit is in time, not only in messages, so no
-    message waits in the queue anywhere near its lease. With nothing to
-    claim, it waits on the book's wake-up list (a freed sink slot pushes to
-    it) for at most ``interval`` seconds.
+    message waits in the queue anywhere near its lease.
     """
 
     def __init__(
@@ -62,11 +60,8 @@ class Pump:
                     log.warning("job pump cannot reach Redis (%s); jobs wait in the book", err)
                 self._stop.wait(min(5.0, self.interval * failures))
                 continue
-            if moved == 0 and not self._stop.is_set():
-                try:
-                    self.book.wait_for_work(self.interval)
-                except Exception:  # noqa: BLE001 - the claim above reports Redis trouble
-                    self._stop.wait(self.interval)
+            if moved == 0:
+                self._stop.wait(self.interval)
 
     def start(self) -> Pump:
         self._thread = threading.Thread(target=self.run, name="exolegs-pump", daemon=True)
@@ -76,8 +71,4 @@ class Pump:
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
         if self._thread is not None:
-            try:
-                self.book.wake()  # out of its wait now, not at the end of it
-            except Exception:  # then it leaves when its wait ends
-                log.debug("could not wake the pump to stop it", exc_info=True)
             self._thread.join(timeout)

@@ -324,24 +324,3 @@ def test_begin_says_whether_the_upstream_has_failures_to_clear(redis_client: red
     again = claimed(book)["deliver:c1:crm"]
     started = book.begin("deliver:c1:crm", again, "exolegs:circuit:sink:crm", "f:crm")
     assert isinstance(started, Started) and started.failing
-
-
-def test_a_freed_slot_wakes_an_idle_pump_at_once(redis_client: redis.Redis) -> None:
-    """An idle pump waits on the book, not a timer: the sink's next message goes out now."""
-    book = JobBook(redis_client, sink_concurrency=1, batch=1, cap_wait=60)
-    book.schedule_many([jobs.deliver_id(f"c{n}", "crm") for n in range(2)])
-    sent: list[Batch] = []
-    pump = Pump(book, sent.append, interval=60.0)  # a poll would not come within the test
-    assert pump.run_once() == 1  # c0 runs; c1 waits for the slot
-    assert not book.wait_for_work(0.01)  # nothing came due
-    pump.start()
-    try:
-        time.sleep(0.2)  # the pump found nothing and is waiting on the book
-        assert len(sent) == 1
-        book.free_slot("crm", sent[0].slot or "")
-        deadline = time.monotonic() + 10
-        while len(sent) < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
-    finally:
-        pump.stop()
-    assert [j.call_sid for j in sent[1].jobs] == ["c1"]  # woken, not 60 s later
