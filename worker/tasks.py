@@ -57,6 +57,20 @@ def deliver(
     return [str(o) for o in run_batch(app.runtime(), Batch(token, ids, 0.0))]
 
 
+def hand_on(rt: Runtime, woken: int) -> None:
+    """A freed sink slot made jobs due: claim and send them now, from this process.
+
+    The pumps would find them at their next poll, up to its interval later;
+    with a sink at its cap, that wait came between every two of its messages.
+    """
+    if woken <= 0:
+        return
+    try:
+        Pump(rt.book, dispatch, queue=app.conf.task_default_queue).run_once()
+    except Exception as err:  # noqa: BLE001 - a pump claims them at its next poll anyway
+        log.debug("could not hand on a freed slot's jobs (%s); a pump will", err)
+
+
 def dispatch(batch: Batch) -> None:
     """One message per claimed batch: one kind of job of one account (and one sink).
 
@@ -106,7 +120,7 @@ def run_batch(rt: Runtime, batch: Batch) -> list[Outcome]:
         pipeline.report(rt, job, outcome)
         return outcome
 
-    with rt.heartbeat.slot(first.sink, batch.slot):
+    with rt.heartbeat.slot(first.sink, batch.slot, on_free=lambda woken: hand_on(rt, woken)):
         # Every job of the message begins, with its first reads, in one round trip.
         items = list(zip(batch.jobs, begin_all(rt, batch), strict=True))
         if first.kind == jobs.FETCH and len(items) > 1 and rt.settings.fetch_concurrency > 1:

@@ -296,3 +296,22 @@ def test_a_message_out_of_time_hands_its_jobs_back_uncounted(make_rt, monkeypatc
     assert not rt.redis.exists(*(f"{job_key(jobs.fetch_id(f'late{n}'))}:lock" for n in range(3)))
     monkeypatch.undo()
     assert run_due(rt) == ["done"] * 3  # claimable at once, and they run
+
+
+def test_a_freed_sink_slot_sends_the_next_message_at_once(make_rt, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The run that frees its sink's slot claims the waiting jobs itself: no pump poll between."""
+    import worker.tasks
+    from worker.jobs import Batch
+
+    rt = make_rt(SINKS="memory://a", SINK_CONCURRENCY="1", EXOTEL_RATE_LIMIT="100000/second")
+    for n in range(rt.book.batch + 1):
+        accept(rt, f"cap{n:02d}")
+    run_due(rt)  # the fetches
+    [first] = rt.book.claim()  # the sink's one slot: a full message; one job waits
+    assert len(first.jobs) == rt.book.batch and rt.book.claim() == []
+    sent: list[Batch] = []
+    monkeypatch.setattr(worker.tasks, "dispatch", sent.append)
+    assert run_batch(rt, first) == ["done"] * rt.book.batch
+    assert [[j.call_sid for j in b.jobs] for b in sent] == [[f"cap{rt.book.batch:02d}"]]
+    assert [o for b in sent for o in run_batch(rt, b)] == ["done"]
+    assert len(MemorySink.records("a")) == rt.book.batch + 1

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -58,8 +58,16 @@ class Heartbeat:
             self._runs.pop(job_id, None)
 
     @contextmanager
-    def slot(self, sink: str | None, member: str | None) -> Iterator[None]:
-        """Hold a message's place under its sink's cap while inside; free it after."""
+    def slot(
+        self,
+        sink: str | None,
+        member: str | None,
+        on_free: Callable[[int], object] | None = None,
+    ) -> Iterator[None]:
+        """Hold a message's place under its sink's cap while inside; free it after.
+
+        ``on_free`` is told how many of the sink's waiting jobs the freed slot made due.
+        """
         if sink is None or member is None:
             yield
             return
@@ -72,9 +80,12 @@ class Heartbeat:
             with self._mutex:
                 self._slots.pop(member, None)
             try:
-                self.book.free_slot(sink, member)
+                woken = self.book.free_slot(sink, member)
             except Exception as err:  # noqa: BLE001 - the slot expires within a lease anyway
                 log.warning("could not free a %s slot (%s); it expires within a lease", sink, err)
+            else:
+                if on_free is not None:
+                    on_free(woken)
 
     def beat(self) -> int:
         """Renew everything this process runs now; returns how many locks were lost."""
