@@ -157,8 +157,7 @@ def execute(rt: Runtime, job: JobId, token: str, begun: Begun | None = None) -> 
     """
     job_id = str(job)
     if begun is None:
-        job_id_, circuit, failures, reads_of = _begin_args(rt, job)
-        begun = rt.book.begin_with(job_id_, token, circuit, failures, reads_of)
+        [begun] = rt.book.begin_all(token, [_begin_args(rt, job)])
     started, reads = begun
     if isinstance(started, Outcome):
         return started  # STALE: not this claim's to run; BUSY: a copy of it runs

@@ -62,7 +62,7 @@ JOBS = f"{PREFIX}:jobs"  # sorted set: job id -> due time (Redis clock, unix sec
 #: Queues a run's own end (its job's :meth:`JobBook.finish`) on the ``MULTI``
 #: that writes the run's result, so the two commit together.
 Commit = Callable[["Pipeline"], object]
-#: Queues a run's first reads on the pipeline that begins it (see :meth:`JobBook.begin_with`).
+#: Queues a run's first reads on the pipeline that begins it (see :meth:`JobBook.begin_all`).
 Reads = Callable[["Pipeline"], object]
 
 
@@ -525,29 +525,17 @@ class JobBook:
         )
         return self._started(raw, circuit, failures)
 
-    def begin_with(
-        self,
-        job_id: str,
-        token: str,
-        circuit: str | None,
-        failures: str | None,
-        reads: Reads,
-    ) -> tuple[Started | Outcome, list[Any]]:
-        """:meth:`begin`, with the run's first reads (queued by ``reads``) in the same round trip.
-
-        Returns what :meth:`begin` would and the reads' results. The reads must
-        only read (or only extend TTLs): a stale or busy message makes them too.
-        """
-        return self.begin_all(token, [(job_id, circuit, failures, reads)])[0]
-
     def begin_all(
         self, token: str, runs: Sequence[tuple[str, str | None, str | None, Reads]]
     ) -> list[tuple[Started | Outcome, list[Any]]]:
-        """:meth:`begin_with` for every job of one message, in one round trip.
+        """:meth:`begin` for every job of one message, each with its first reads, in one round trip.
 
-        ``runs`` holds (job id, circuit, failures, reads) per job. A job begun
-        here whose turn never comes must be handed back with
-        ``release(..., undo_attempt=True)``: its attempt was counted.
+        ``runs`` holds (job id, circuit, failures, reads) per job; ``reads``
+        queues the run's first reads, whose results come back with its begin.
+        They must only read (or only extend TTLs): a stale or busy message
+        makes them too. A job begun here whose turn never comes must be
+        handed back with ``release(..., undo_attempt=True)``: its attempt was
+        counted.
         """
         pipe = self.redis.pipeline(transaction=False)
         sizes = []

@@ -48,8 +48,7 @@ class Heartbeat:
         try:
             yield
         finally:
-            with self._mutex:
-                self._runs.pop(job_id, None)
+            self.ended(job_id)
 
     def ended(self, job_id: str) -> None:
         """The run's end is being committed (its lock goes with it): stop renewing it now,
