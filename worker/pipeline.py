@@ -36,7 +36,8 @@ from worker.errors import (
     RateLimitedError,
 )
 from worker.jobs import Commit, JobId, ledger
-from worker.jobs.book import job_key
+from worker.jobs.book import Settle, Started, execute_with, job_key
+from worker.jobs.ratelimit import taken
 from worker.settings import DEFAULT_ACCOUNT, Account, Rate
 from worker.sinks import fleet
 
@@ -51,15 +52,21 @@ log = logging.getLogger("exolegs.pipeline")
 T = TypeVar("T")
 
 
-def take_slot(rt: Runtime, job_id: str, limit_name: str, rate: Rate) -> None:
+def take_slot(
+    rt: Runtime, job_id: str, limit_name: str, rate: Rate, turn: Opening | None = None
+) -> None:
     """Return when this job may call the upstream now; else raise Deferred.
 
     A job first takes a slot in the limiter's book and is deferred to it, so a
     backlog drains in order at the full rate. At its slot it must still pass
     the strict gate; if it is refused (it came late, bunched with others) it
-    keeps its place and waits only as long as the gate says.
+    keeps its place and waits only as long as the gate says. ``turn``: the
+    take was sent already, with the previous job's commit.
     """
-    wait = rt.limiter.take(limit_name, rate, job_key(job_id))
+    if turn is not None and turn.sent:
+        wait = taken(turn.answer)
+    else:
+        wait = rt.limiter.take(limit_name, rate, job_key(job_id))
     if wait > 0:
         raise Deferred(wait, f"waiting {wait:.2f}s for its {limit_name} rate-limit slot")
     if wait < 0:
@@ -114,7 +121,12 @@ def legs_absent(err: ExolegsError) -> bool:
 
 
 def _fetch_legs(
-    rt: Runtime, acct: Account, call_sid: str, circuit_open: bool | None, facts: CallFacts
+    rt: Runtime,
+    acct: Account,
+    call_sid: str,
+    circuit_open: bool | None,
+    facts: CallFacts,
+    turn: Opening | None = None,
 ) -> dict[str, Any]:
     """One legs request; a call's first one that finds no legs yet is counted for readiness.
 
@@ -130,6 +142,7 @@ def _fetch_legs(
             acct.rate_limit,
             lambda: client.fetch_legs(call_sid),
             circuit_open=circuit_open,
+            turn=turn,
         )
     except ExolegsError as err:
         if _code(err) == LEGS_NOT_READY and not facts.fetch_tried:
@@ -180,9 +193,7 @@ def _book_deliveries(
     if fetched is not None:
         _legs_fetched(rt, pipe, call_sid, account, fetched)
     rt.book.schedule_many([jobs.deliver_id(call_sid, name, account) for name in names], pipe=pipe)
-    if commit is not None:
-        commit(pipe)
-    pipe.execute()
+    execute_with(pipe, commit)
     if fetched is not None and not fetched.fetch_tried:
         readiness.maybe_adjust(rt.redis, rt.settings)
 
@@ -224,6 +235,7 @@ def call_upstream(
     *,
     circuit_open: bool | None = None,
     failing: bool = True,
+    turn: Opening | None = None,
 ) -> T:
     """Call an upstream (Exotel, a sink) through its circuit and its rate limit.
 
@@ -232,7 +244,8 @@ def call_upstream(
     except for the one probe per CIRCUIT_PROBE_SECONDS; a probe that works
     closes the circuit. ``circuit_open`` is what the job saw when it
     started (None: look now); ``failing`` whether the upstream had failures
-    counted then (False: a success has nothing to clear).
+    counted then (False: a success has nothing to clear). ``turn``: the
+    rate-limit take, sent already (:class:`Opening`).
     """
     circuit = rt.circuit(name)
     probing = False
@@ -245,7 +258,7 @@ def call_upstream(
             raise Deferred(circuit.park_delay(), f"parked: {name} circuit open ({reason})")
         probing = True
     elif rate is not None:
-        take_slot(rt, job_id, name, rate)
+        take_slot(rt, job_id, name, rate, turn)
     try:
         result = call()
     except ConfigFaultError as err:
@@ -318,12 +331,14 @@ def fetch_call(
     circuit_open: bool | None = None,
     commit: Commit | None = None,
     state: JobState | None = None,
+    opening: Opening | None = None,
 ) -> CallRecord:
     """Fetch the legs once, keep the record, and book one delivery per sink of the account.
 
     ``state`` is what :func:`queue_reads` read for the job (None: read it
     now). ``commit`` is queued in the ``MULTI`` that keeps the record and books its
-    deliveries: the fetch job ends in the same atomic step.
+    deliveries: the fetch job ends in the same atomic step. ``opening``: its
+    rate-limit take, if it went ahead (:class:`Opening`).
     """
     acct = account_of(rt, account, call_sid)
     job = JobId(jobs.FETCH, call_sid, None, account)
@@ -340,7 +355,7 @@ def fetch_call(
         # delivery job at once (the ledger says so).
         _book_deliveries(rt, call_sid, account, None, names, commit=commit)
         return kept
-    body = _fetch_legs(rt, acct, call_sid, circuit_open, facts)
+    body = _fetch_legs(rt, acct, call_sid, circuit_open, facts, opening)
     record = build_call_record(rt, body, parse_callback(raw_callback), account, facts.source)
     _book_deliveries(
         rt,
@@ -439,11 +454,13 @@ def deliver_call(
     failing: bool = True,
     commit: Commit | None = None,
     state: JobState | None = None,
+    opening: Opening | None = None,
 ) -> bool:
     """Deliver the stored record to one sink; True when it was delivered now.
 
     ``state`` is what :func:`queue_reads` read for the job (None: read it
     now). ``commit`` is queued with the ledger's last write for the call and sink.
+    ``opening``: its ledger claim, if it went ahead (:class:`Opening`).
     """
     account_of(rt, account, call_sid)
     job_id = jobs.deliver_id(call_sid, sink_name, account)
@@ -459,11 +476,10 @@ def deliver_call(
     if record is None:
         record = refetch(rt, call_sid, job_id, account)
 
-    def done(pipe: Pipeline) -> None:
+    def done(pipe: Pipeline) -> Settle | None:
         if upgrade:
             upgraded(pipe, call_sid, sink_name, account)
-        if commit is not None:
-            commit(pipe)
+        return commit(pipe) if commit is not None else None
 
     delivered = call_upstream(
         rt,
@@ -479,6 +495,7 @@ def deliver_call(
             account=account,
             all_sinks=tuple(rt.sinks_of(account)),
             commit=done,
+            claimed=opening.answer if opening is not None and opening.sent else None,
         ),
         circuit_open=circuit_open,
         failing=failing,
@@ -536,6 +553,62 @@ def parse_reads(job: JobId, raw: list[Any]) -> JobState:
         return FetchState(raw_record, *_callback_and_facts(raw_call), announced)
     raw_record, upgrade = raw
     return DeliveryState(stored.loads(raw_record) if raw_record else None, bool(upgrade))
+
+
+class Opening:
+    """A job's one write before it calls its upstream, sent ahead of its run.
+
+    A legs fetch takes its rate-limit turn first; a delivery marks its ledger
+    entry pending. The thread that runs a message's jobs one after another
+    sends the next job's opening with the ``MULTI`` that commits the job
+    before it (:data:`worker.jobs.book.Commit`): the moment it would go
+    anyway, one round trip fewer per job. Unsent (the commit failed), the
+    job sends it itself.
+    """
+
+    def __init__(self, queue: Callable[[Pipeline], object]) -> None:
+        self._queue = queue
+        self.sent = False
+        self.answer: Any = None
+
+    def ride(self, pipe: Pipeline) -> Settle:
+        """Queue it on ``pipe``; the returned callable takes the pipeline's results."""
+        at = len(pipe)
+        self._queue(pipe)
+
+        def settle(results: list[Any]) -> None:
+            self.answer = results[at]
+            self.sent = True
+
+        return settle
+
+
+def opening_for(rt: Runtime, job: JobId, started: Started, reads: list[Any]) -> Opening | None:
+    """``job``'s opening, when it may go before the run starts; None when it must not.
+
+    Not while the upstream's circuit may be open (a probe or a park comes
+    first), nor for a fetch whose record is kept (its run calls nobody), nor
+    for a delivery to a sink with a rate limit of its own (its claim must
+    follow its turn) or without a record (it refetches first). ``reads``
+    are the job's raw :func:`queue_reads`.
+    """
+    if started.circuit_open is not False:
+        return None
+    if job.kind == jobs.FETCH:
+        acct = rt.accounts.get(job.account)
+        if reads[0] or acct is None:
+            return None
+        name, rate, key = acct.limit_name, acct.rate_limit, job_key(str(job))
+        return Opening(lambda pipe: rt.limiter.queue_take(pipe, name, rate, key))
+    sink = rt.sinks_of(job.account).get(job.sink or "")
+    if sink is None or sink.rate_limit is not None or not reads[0]:
+        return None
+    retention, force = rt.settings.retention_seconds, started.force or bool(reads[1])
+    return Opening(
+        lambda pipe: ledger.queue_claim(
+            pipe, job.call_sid, sink.name, retention, force=force, account=job.account
+        )
+    )
 
 
 def read_state(rt: Runtime, job: JobId) -> JobState:

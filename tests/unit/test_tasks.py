@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import threading
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+from redis.client import Monitor
 
 from tests.support.processes import Simulator
+from tests.support.redis_server import RedisServer
 from worker import jobs, keys
 from worker.calls.callbacks import event_from_fields
-from worker.jobs import JobId, Outcome, ledger
+from worker.jobs import JobId, Outcome, ledger, ratelimit
 from worker.jobs.book import job_key
 from worker.jobs.circuit import open_circuits
 from worker.runtime import Runtime
@@ -315,3 +324,55 @@ def test_a_freed_sink_slot_sends_the_next_message_at_once(make_rt, monkeypatch) 
     assert [[j.call_sid for j in b.jobs] for b in sent] == [[f"cap{rt.book.batch:02d}"]]
     assert [o for b in sent for o in run_batch(rt, b)] == ["done"]
     assert len(MemorySink.records("a")) == rt.book.batch + 1
+
+
+@contextmanager
+def top_level_commands(rt: Runtime, redis_server: RedisServer) -> Iterator[list[list[str]]]:
+    """Each command a client sent Redis meanwhile (MONITOR), not those its scripts ran:
+    its name and first argument."""
+    if redis_server.kind != "redis-server":
+        pytest.skip("needs a real redis-server for MONITOR")
+    seen: list[list[str]] = []
+    end = f"end-{uuid.uuid4().hex}"
+
+    def watch(monitor: Monitor) -> None:
+        while True:
+            command = monitor.next_command()
+            if end in command["command"]:
+                return
+            if command["client_type"] != "lua":
+                seen.append(command["command"].split(" ", 2)[:2])
+
+    with rt.redis.monitor() as monitor:
+        watcher = threading.Thread(target=watch, args=(monitor,))
+        watcher.start()
+        try:
+            yield seen
+        finally:
+            rt.redis.echo(end)
+            watcher.join(10)
+
+
+def test_each_job_s_first_write_rides_the_commit_of_the_job_before(make_rt, redis_server) -> None:  # type: ignore[no-untyped-def]
+    """One Redis round trip per job fewer: a fetch's rate-limit turn, a delivery's ledger claim.
+
+    On a managed Redis a round trip is a millisecond or more of each job's run.
+    """
+    rt = make_rt(SINKS="memory://a", FETCH_CONCURRENCY="1")
+    sids = [f"ride{n}" for n in range(6)]
+    for sid in sids:
+        accept(rt, sid)
+    take = hashlib.sha1(ratelimit._TAKE.encode()).hexdigest()
+    claim = hashlib.sha1(ledger._CLAIM.encode()).hexdigest()
+    with top_level_commands(rt, redis_server) as sent:
+        assert run_batch(rt, _one_batch(rt)) == ["done"] * 6
+        assert run_batch(rt, _one_batch(rt)) == ["done"] * 6
+    # A script's first run is sent twice: NOSCRIPT, SCRIPT LOAD, again.
+    after_load = [i + 1 for i, c in enumerate(sent) if c[0].upper() == "SCRIPT"]
+    alone = [
+        c[1] for i, c in enumerate(sent) if c[0].upper() == "EVALSHA" and i + 1 not in after_load
+    ]
+    assert alone.count(take) == 1  # the first job's; the other five rode a commit
+    assert alone.count(claim) == 1
+    assert sorted(r["call_sid"] for r in MemorySink.records("a")) == sids
+    assert all(ledger.delivered(rt.redis, sid, "memory") for sid in sids)

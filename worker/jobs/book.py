@@ -59,11 +59,24 @@ DELIVER = "deliver"
 
 JOBS = f"{PREFIX}:jobs"  # sorted set: job id -> due time (Redis clock, unix seconds)
 
+#: Wants a pipeline's results, once it has been sent (see :data:`Commit`).
+Settle = Callable[[list[Any]], None]
 #: Queues a run's own end (its job's :meth:`JobBook.finish`) on the ``MULTI``
-#: that writes the run's result, so the two commit together.
-Commit = Callable[["Pipeline"], object]
+#: that writes the run's result, so the two commit together. Whatever else it
+#: queues there (the next job's opening, see :mod:`worker.tasks`) may want its
+#: answer: it then returns a :data:`Settle`.
+Commit = Callable[["Pipeline"], "Settle | None"]
 #: Queues a run's first reads on the pipeline that begins it (see :meth:`JobBook.begin_all`).
 Reads = Callable[["Pipeline"], object]
+
+
+def execute_with(pipe: Pipeline, commit: Commit | None) -> list[Any]:
+    """Queue ``commit`` last on ``pipe``, send it, and settle what the commit asked for."""
+    settle = commit(pipe) if commit is not None else None
+    results = pipe.execute()
+    if settle is not None:
+        settle(results)
+    return results
 
 
 def job_key(job_id: str) -> str:

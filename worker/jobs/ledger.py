@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from worker import keys, metrics, scripts
 from worker.calls import timeline
-from worker.jobs.book import Commit
+from worker.jobs.book import Commit, execute_with
 from worker.settings import DEFAULT_ACCOUNT
 
 if TYPE_CHECKING:
@@ -179,9 +179,7 @@ def mark_delivered(
             *(all_sinks or (sink_name,)),
         ],
     )
-    if commit is not None:
-        commit(pipe)
-    pipe.execute()
+    execute_with(pipe, commit)
 
 
 def state_keys(call_sid: str, account: str = DEFAULT_ACCOUNT) -> list[str]:
@@ -217,6 +215,24 @@ def keep_alive(
     return raw if isinstance(raw, bytes) else (raw.encode() if isinstance(raw, str) else None)
 
 
+def queue_claim(
+    pipe: Pipeline,
+    call_sid: str,
+    sink_name: str,
+    retention_seconds: int,
+    *,
+    force: bool = False,
+    account: str = DEFAULT_ACCOUNT,
+) -> None:
+    """Mark the delivery pending, queued on ``pipe``; :func:`deliver_once` takes the answer."""
+    scripts.queue(
+        pipe,
+        _CLAIM,
+        [keys.ledger(call_sid, account)],
+        [sink_name, retention_seconds, "1" if force else ""],
+    )
+
+
 def deliver_once(
     redis: Redis,
     sink: Sink,
@@ -227,18 +243,23 @@ def deliver_once(
     account: str = DEFAULT_ACCOUNT,
     all_sinks: Iterable[str] = (),
     commit: Commit | None = None,
+    claimed: bytes | str | None = None,
 ) -> bool:
     """Deliver unless the ledger says this sink has the call; True when delivered now.
 
     The ledger lives in the account's namespace: a sink several accounts
     share gets each account's call once. ``commit`` is queued with the
-    ledger's last write (see :func:`mark_delivered`).
+    ledger's last write (see :func:`mark_delivered`). ``claimed``: the
+    delivery was marked pending already (:func:`queue_claim`), this is what
+    that answered.
     """
     call_sid = str(record["call_sid"])
-    raw = redis.register_script(_CLAIM)(
-        keys=[keys.ledger(call_sid, account)],
-        args=[sink.name, retention_seconds, "1" if force else ""],
-    )
+    raw = claimed
+    if raw is None:
+        raw = redis.register_script(_CLAIM)(
+            keys=[keys.ledger(call_sid, account)],
+            args=[sink.name, retention_seconds, "1" if force else ""],
+        )
     prior = raw.decode() if isinstance(raw, bytes) else str(raw)
     if prior and not prior.startswith(PENDING) and not force:
         already = metrics.DeliveryOutcome.ALREADY
@@ -246,9 +267,7 @@ def deliver_once(
         metrics.count(
             pipe, metrics.Counter.DELIVERIES, sink=sink.name, outcome=already, account=account
         )
-        if commit is not None:
-            commit(pipe)
-        pipe.execute()
+        execute_with(pipe, commit)
         return False
     if prior.startswith(PENDING) and not force and not sink.native_idempotency:
         # An earlier attempt died mid-delivery: ask the destination before writing again.

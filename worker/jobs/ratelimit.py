@@ -16,10 +16,11 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from worker import keys
+from worker import keys, scripts
 
 if TYPE_CHECKING:
     from redis import Redis
+    from redis.client import Pipeline
 
     from worker.settings import Rate
 
@@ -118,6 +119,19 @@ def burst_for(rate: Rate) -> int:
     return max(2, min(10, math.ceil(rate.count * 0.05)))
 
 
+def _take_args(name: str, rate: Rate) -> list[str | float | int]:
+    book = rate.period / (rate.count * HEADROOM)
+    gate = rate.period / rate.count
+    burst = burst_for(rate) - 1
+    ttl = int(max(60, rate.period * 2))
+    return [f"slot:{name}", book, book * burst, gate, gate * burst, ttl]
+
+
+def taken(result: int) -> float:
+    """The take script's answer in seconds (see :meth:`RateLimiter.take`)."""
+    return float(result) / 1000.0
+
+
 @dataclass
 class RateLimiter:
     redis: Redis
@@ -145,15 +159,11 @@ class RateLimiter:
         The slot a job was given is kept in its own hash (``job_key``), so a
         deferred job keeps its place in the line. See the module docstring.
         """
-        book = rate.period / (rate.count * HEADROOM)
-        gate = rate.period / rate.count
-        burst = burst_for(rate) - 1
-        ttl = int(max(60, rate.period * 2))
-        result = self._take(
-            keys=[keys.bucket(name), job_key],
-            args=[f"slot:{name}", book, book * burst, gate, gate * burst, ttl],
-        )
-        return float(result) / 1000.0
+        return taken(self._take(keys=[keys.bucket(name), job_key], args=_take_args(name, rate)))
+
+    def queue_take(self, pipe: Pipeline, name: str, rate: Rate, job_key: str) -> None:
+        """:meth:`take`, queued on ``pipe``; its result goes through :func:`taken`."""
+        scripts.queue(pipe, _TAKE, [keys.bucket(name), job_key], _take_args(name, rate))
 
     def backlog(self, name: str) -> float:
         """Seconds of slots already reserved ahead of now (0 when none): live work is queued.
