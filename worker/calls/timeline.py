@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
-from worker import keys
+from worker import keys, scripts
 from worker.settings import DEFAULT_ACCOUNT
 
 if TYPE_CHECKING:
@@ -73,6 +73,22 @@ end
 """
 
 
+# KEYS: the timeline. ARGV: entry, cap, ttl.
+_APPEND = LUA + "timeline(KEYS[1], ARGV[1], ARGV[2], ARGV[3])\n"
+
+# KEYS: phone keys. ARGV: member, retention. Each keeps the calls of the last retention.
+_INDEX = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local keep = tonumber(ARGV[2])
+for _, k in ipairs(KEYS) do
+  redis.call('ZADD', k, string.format('%.6f', now), ARGV[1])
+  redis.call('ZREMRANGEBYSCORE', k, '-inf', string.format('%.6f', now - keep))
+  redis.call('EXPIRE', k, keep)
+end
+"""
+
+
 def entry(
     kind: Kind,
     outcome: str,
@@ -115,11 +131,8 @@ def append(
     retention_seconds: int,
     account: str = DEFAULT_ACCOUNT,
 ) -> None:
-    """Add an entry as part of the caller's pipeline."""
-    k = key(call_sid, account)
-    pipe.rpush(k, dumps(item))
-    pipe.ltrim(k, -CAP, -1)
-    pipe.expire(k, retention_seconds)
+    """Add an entry as part of the caller's pipeline, in one script (as metrics.count)."""
+    scripts.queue(pipe, _APPEND, [key(call_sid, account)], [dumps(item), CAP, retention_seconds])
 
 
 def read(redis: Redis, call_sid: str, account: str = DEFAULT_ACCOUNT) -> list[Entry]:
@@ -146,14 +159,11 @@ def index_numbers(
     retention_seconds: int,
     account: str = DEFAULT_ACCOUNT,
 ) -> None:
-    """File the call under the last digits of each number (at least 4 digits long)."""
-    now = time.time()
+    """File the call under the last digits of each number (at least 4 digits), at Redis's clock."""
     member = call_sid if account == DEFAULT_ACCOUNT else f"{account}/{call_sid}"
-    for tail in sorted({d[-LAST_DIGITS:] for d in map(digits_of, numbers) if len(d) >= 4}):
-        k = phone_key(tail)
-        pipe.zadd(k, {member: now})
-        pipe.zremrangebyscore(k, "-inf", now - retention_seconds)
-        pipe.expire(k, retention_seconds)
+    tails = sorted({d[-LAST_DIGITS:] for d in map(digits_of, numbers) if len(d) >= 4})
+    if tails:
+        scripts.queue(pipe, _INDEX, [phone_key(t) for t in tails], [member, retention_seconds])
 
 
 def calls_ending(redis: Redis, digits: str, limit: int = 50) -> list[tuple[str, str]]:
