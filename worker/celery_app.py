@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery, signals
@@ -44,29 +46,40 @@ VISIBILITY_TIMEOUT = 300
 
 
 def guard_kombu_restore() -> None:
-    """Survive a Redis restart: kombu's restore on a torn-down connection must not kill us.
+    """Survive a Redis restart: kombu's work on a torn-down channel must not kill us.
 
-    When Redis goes away, closing the broker channel restores unacked
-    messages through a connection that is already gone, which raises
-    AttributeError (kombu #582) and stops the worker as "Unrecoverable".
-    Leaving the messages in ``unacked`` is safe: the visibility timeout
-    restores them, and the job book re-sends their jobs after the lease.
+    When Redis goes away, kombu closes the broker channel (its connection
+    becomes None) and restores unacked messages through it, which raises
+    AttributeError (kombu #582) and stops the worker as "Unrecoverable". So
+    does acking or rejecting, on that closed channel, a task that finishes
+    while Redis is away. Leaving those messages in ``unacked`` is safe: the
+    visibility timeout restores them, and their jobs were finished or are
+    re-sent by the job book after the lease (a restored message is stale).
     """
     from kombu.transport import redis as kombu_redis
 
-    original = kombu_redis.QoS.restore_unacked
-    if getattr(original, "_exolegs_guarded", False):
-        return
+    for name in ("restore_unacked", "ack", "reject"):
+        original = getattr(kombu_redis.QoS, name)
+        if not getattr(original, "_exolegs_guarded", False):
+            setattr(kombu_redis.QoS, name, _survive_closed_channel(name, original))
 
-    def restore_unacked(self: Any, client: Any = None) -> Any:
+
+def _survive_closed_channel(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def guarded(self: Any, *args: Any, **kwargs: Any) -> Any:
         try:
-            return original(self, client)  # type: ignore[no-untyped-call]
+            return original(self, *args, **kwargs)
         except AttributeError as err:
-            log.warning("broker connection already gone; unacked messages stay for later (%s)", err)
+            log.warning(
+                "broker connection already gone (%s: %s); the message stays unacked "
+                "until the visibility timeout, and the job book covers its job",
+                name,
+                err,
+            )
             return None
 
-    restore_unacked._exolegs_guarded = True  # type: ignore[attr-defined]
-    kombu_redis.QoS.restore_unacked = restore_unacked  # type: ignore[method-assign]
+    guarded._exolegs_guarded = True  # type: ignore[attr-defined]
+    return guarded
 
 
 def configure(settings: Settings) -> Celery:

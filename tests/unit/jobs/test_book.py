@@ -8,6 +8,7 @@ import time
 import pytest
 import redis
 
+from tests.support.redis_server import RedisServer
 from worker import jobs
 from worker.jobs import Batch, JobBook, JobId, Outcome, Started
 from worker.jobs.deadletters import DEAD, DeadLetters, dead_key
@@ -311,6 +312,23 @@ def test_kombu_restore_on_a_torn_down_connection_does_not_stop_the_worker() -> N
     qos = kombu_redis.QoS.__new__(kombu_redis.QoS)
     qos.channel = TornDown()
     assert qos.restore_unacked() is None
+
+
+def test_a_task_finishing_after_redis_went_away_does_not_stop_the_worker(
+    redis_server: RedisServer,
+) -> None:
+    """Its ack lands on the channel kombu closed when Redis went away: the same AttributeError."""
+    from kombu import Connection
+
+    from worker.celery_app import guard_kombu_restore
+
+    guard_kombu_restore()
+    with Connection(f"redis://127.0.0.1:{redis_server.port}/0") as connection:
+        channel = connection.channel()
+        qos = channel.qos
+        channel.close()  # what kombu does when the broker connection drops
+        assert qos.ack("a-delivery-tag") is None
+        assert qos.reject("another", requeue=True) is None
 
 
 def test_begin_says_whether_the_upstream_has_failures_to_clear(redis_client: redis.Redis) -> None:
