@@ -521,11 +521,7 @@ class Run:
     def sink_counts(self) -> dict[str, Counter[str]]:
         out: dict[str, Counter[str]] = {}
         for name, path in self.jsonl.items():
-            counts: Counter[str] = Counter()
-            if path.exists():
-                for line in path.read_text().splitlines():
-                    if line.strip():
-                        counts[json.loads(line)["call_sid"]] += 1
+            counts: Counter[str] = Counter(r["call_sid"] for r in jsonl_records(path))
             out[name] = counts
         if self.receiver is not None:
             out["webhook"] = self.receiver.counts()
@@ -1349,10 +1345,9 @@ def _neighbour_run(
 
         def counts(path: Path, prefix: str) -> Counter[str]:
             c: Counter[str] = Counter()
-            if path.exists():
-                for line in path.read_text().splitlines():
-                    if line.strip() and (sid := json.loads(line)["call_sid"]).startswith(prefix):
-                        c[sid] += 1
+            for record in jsonl_records(path):
+                if (sid := record["call_sid"]).startswith(prefix):
+                    c[sid] += 1
             return c
 
         sinks_b = lambda: {"b-jsonl": counts(b_jsonl, "nnb-"), "b-hook": receiver.counts()}  # noqa: E731
@@ -1900,16 +1895,26 @@ def _first_seen(run: Run, stop: threading.Event) -> dict[tuple[str, str], float]
     return seen
 
 
+def jsonl_records(path: Path) -> list[dict[str, Any]]:
+    """The complete records of a JSONL file a sink may be appending to right now.
+
+    A last line without its newline is still being written: it is read on
+    the next look, not parsed half-written.
+    """
+    if not path.exists():
+        return []
+    *complete, _ = path.read_text().split("\n")
+    return [json.loads(line) for line in complete if line.strip()]
+
+
 def _sources(run: Run) -> dict[str, Counter[str]]:
     """Per sink: how many records of ours say each (source, legs)."""
     out: dict[str, Counter[str]] = {}
     for name, path in run.jsonl.items():
         counts: Counter[str] = Counter()
-        if path.exists():
-            for line in path.read_text().splitlines():
-                record = json.loads(line) if line.strip() else {}
-                if record.get("call_sid") in run.sid_set:
-                    counts[f"{record.get('source')}/{record.get('legs')}/{record['call_sid']}"] += 1
+        for record in jsonl_records(path):
+            if record.get("call_sid") in run.sid_set:
+                counts[f"{record.get('source')}/{record.get('legs')}/{record['call_sid']}"] += 1
         out[name] = counts
     return out
 
