@@ -241,7 +241,10 @@ class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]
 
     def run(self) -> None:
         inline: InlineRequests | None = getattr(self.wsgi, INLINE_ATTRIBUTE, None)
-        if inline is not None and not self.cfg.is_ssl and inline.bind_thread():
+        # Not over TLS (its handshake happens in the thread), nor with cleartext HTTP/2 on
+        # (an upgraded connection is served for as long as it lives, by whoever took it).
+        plain_http1 = not self.cfg.is_ssl and getattr(self.cfg, "http2_cleartext", "off") == "off"
+        if inline is not None and plain_http1 and inline.bind_thread():
             self.inline_prefixes = tuple(inline.prefixes)
         try:
             super().run()
