@@ -15,6 +15,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.wsgi import get_input_stream
 
 from web.callback import PATH_PREFIX, handle, json_reply
+from web.gthread import INLINE_ATTRIBUTE, INLINE_SOCKET_SECONDS
 from web.guard import Guard
 from worker import metrics
 from worker.errors import SettingsError
@@ -92,6 +93,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     _no_implicit_head(app, "callback.callback")
 
     app.wsgi_app = RequestIds(FastCallback(app.wsgi_app, edge))  # type: ignore[method-assign]
+    setattr(app, INLINE_ATTRIBUTE, InlineCallbacks(edge))
 
     @app.errorhandler(HTTPException)
     def http_error(err: HTTPException) -> Response:
@@ -288,6 +290,28 @@ class FastCallback:
         """``request.get_data(cache=False)`` with the app's MAX_CONTENT_LENGTH."""
         limit = self.max_body_bytes + 1
         return lambda: get_input_stream(environ, max_content_length=limit).read()
+
+
+class InlineCallbacks:
+    """Callbacks may be answered on the web worker's event loop (web/gthread.py).
+
+    A callback's one wait is the intake script's round trip, and on the event
+    loop's thread that waits at most :data:`~web.gthread.INLINE_SOCKET_SECONDS`,
+    connecting included, without retries (``Intake.bound_waits``): a slower
+    Redis raises there, and the callback is spooled as when Redis is down. Not
+    with ``CALLBACK_RATE_LIMIT``, whose check is a Redis call of its own with
+    the client's usual timeouts and retries.
+    """
+
+    prefixes = (b"POST " + PATH_PREFIX.encode(),)
+
+    def __init__(self, edge: Edge) -> None:
+        self.edge = edge
+
+    def bind_thread(self) -> bool:
+        if self.edge.guard.limiter is not None:
+            return False
+        return self.edge.runtime.intake.bound_waits(INLINE_SOCKET_SECONDS)
 
 
 def _no_query() -> list[tuple[str, str]]:

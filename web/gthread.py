@@ -27,6 +27,16 @@ connections lived. Now each process publishes its number of open connections
 in memory shared by the workers (:class:`Placement`), and a process with more
 than :data:`PLACEMENT_SLACK` above the least loaded one stops accepting until
 the others catch up.
+
+An app may also name requests that are cheaper answered on the event loop's
+own thread than handed to the pool and back (:class:`InlineRequests`): each
+hand-off wakes a thread and passes the GIL, and at a few hundred requests a
+second per process those wake-ups cost more CPU than the request itself, and
+queue behind one another. Such a request, once whole, is handled right there,
+with its socket's reads and writes bounded by :data:`INLINE_SOCKET_SECONDS`;
+the app promises each waits at most that long for anything else. One that
+takes longer than :data:`INLINE_SLOW_SECONDS` (Redis slow, say) sends the
+app's requests back to the pool for :data:`INLINE_PAUSE_SECONDS`.
 """
 
 from __future__ import annotations
@@ -37,9 +47,11 @@ import os
 import re
 import selectors
 import socket
+import struct
 import time
+from concurrent.futures import Future
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
@@ -62,6 +74,30 @@ PLACEMENT_SLACK = 1
 PLACEMENT_STALE_SECONDS = 2.5
 #: How often a process that holds back looks again whether it may accept.
 PLACEMENT_RECHECK_SECONDS = 0.02
+
+#: An inline request's socket reads and writes fail after this long (SO_RCVTIMEO, SO_SNDTIMEO).
+INLINE_SOCKET_SECONDS = 0.25
+#: An inline request that took longer than this pauses inline handling ...
+INLINE_SLOW_SECONDS = 0.1
+#: ... for this long: meanwhile the pool's threads take those requests, as they take the rest.
+INLINE_PAUSE_SECONDS = 5.0
+#: The app's attribute that names its inline requests (an :class:`InlineRequests`).
+INLINE_ATTRIBUTE = "inline_requests"
+_INLINE_TIMEOUT = struct.pack("ll", 0, int(INLINE_SOCKET_SECONDS * 1_000_000))
+_NO_TIMEOUT = struct.pack("ll", 0, 0)
+
+
+class InlineRequests(Protocol):
+    """What an app says about the requests web/gthread.py may handle on its event loop."""
+
+    #: A request whose first bytes are one of these (method, space, path prefix).
+    prefixes: tuple[bytes, ...]
+
+    def bind_thread(self) -> bool:
+        """Called once on the event loop's thread before it serves: make every wait of
+        such a request on this thread short (at most INLINE_SOCKET_SECONDS). False: don't
+        handle any inline."""
+        ...
 
 
 class Placement:
@@ -132,20 +168,33 @@ def request_complete(data: bytes | bytearray, body_limit: int) -> bool:
     ``body_limit`` (the app refuses a longer one without reading it). With
     ``Expect: 100-continue`` the client waits for us, so the head is enough.
     """
+    return request_state(data, body_limit) is not _INCOMPLETE
+
+
+#: request_state's answers: not yet; enough to hand on; every byte of it here, framed by length.
+_INCOMPLETE, _COMPLETE, _WHOLE = "incomplete", "complete", "whole"
+
+
+def request_state(data: bytes | bytearray, body_limit: int) -> str:
+    """:func:`request_complete`, telling also whether the request is all here (``"whole"``):
+    a ``Content-Length`` body within the limit, all of it read, no ``Expect``, no chunks.
+    Only such a request can be answered without waiting for its client."""
     end = data.find(b"\r\n\r\n")
     if end < 0:
-        return len(data) > MAX_HEAD_BYTES
+        return _COMPLETE if len(data) > MAX_HEAD_BYTES else _INCOMPLETE
     head = bytes(data[:end]).lower()
     if _EXPECT.search(head):
-        return True
+        return _COMPLETE
     body = len(data) - end - 4
     if _CHUNKED.search(head):
-        return body > body_limit or data.endswith(b"0\r\n\r\n")
+        return _COMPLETE if body > body_limit or data.endswith(b"0\r\n\r\n") else _INCOMPLETE
     match = _CONTENT_LENGTH.search(head)
     if match is None:
-        return True
+        return _COMPLETE
     length = int(match.group(1))
-    return length > body_limit or body >= length
+    if length > body_limit:
+        return _COMPLETE
+    return _WHOLE if body >= length else _INCOMPLETE
 
 
 class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]
@@ -157,6 +206,10 @@ class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]
     placement: Placement | None = None
     _slot: int | None = None
     _connection_limit = 1000
+    #: Requests starting with one of these are handled on the event loop (InlineRequests).
+    inline_prefixes: tuple[bytes, ...] = ()
+    #: No request is handled inline before this time (time.monotonic()).
+    inline_paused_until = 0.0
 
     def init_process(self) -> None:
         self.reading: dict[int, TConn] = {}
@@ -187,6 +240,12 @@ class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]
         super().wait_for_and_dispatch_events(PLACEMENT_RECHECK_SECONDS if held else timeout)
 
     def run(self) -> None:
+        inline: InlineRequests | None = getattr(self.wsgi, INLINE_ATTRIBUTE, None)
+        # Not over TLS (its handshake happens in the thread), nor with cleartext HTTP/2 on
+        # (an upgraded connection is served for as long as it lives, by whoever took it).
+        plain_http1 = not self.cfg.is_ssl and getattr(self.cfg, "http2_cleartext", "off") == "off"
+        if inline is not None and plain_http1 and inline.bind_thread():
+            self.inline_prefixes = tuple(inline.prefixes)
         try:
             super().run()
         finally:
@@ -240,9 +299,48 @@ class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]
                 self._drop(conn)
             return
         conn.prebuffer += data
-        if request_complete(conn.prebuffer, self.body_limit):
+        state = request_state(conn.prebuffer, self.body_limit)
+        if state is not _INCOMPLETE:
             self._stop_reading(conn)
+            self._dispatch(conn, state)
+
+    def _dispatch(self, conn: TConn, state: str) -> None:
+        """A request to handle: here when it is whole and the app allows it, else by a thread."""
+        if (
+            state is _WHOLE
+            and self.inline_prefixes
+            and conn.prebuffer.startswith(self.inline_prefixes)
+            and time.monotonic() >= self.inline_paused_until
+        ):
+            self._handle_inline(conn)
+        else:
             self.enqueue_req(conn)
+
+    def _handle_inline(self, conn: TConn) -> None:
+        """``handle`` on this thread, then what the pool's done-callback would do."""
+        done: Future[Any] = Future()
+        started = time.monotonic()
+        try:
+            conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _INLINE_TIMEOUT)
+            conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _INLINE_TIMEOUT)
+            done.set_result(self.handle(conn))
+        except BaseException as err:  # noqa: BLE001 - as the pool would hand it on
+            done.set_exception(err)
+        took = time.monotonic() - started
+        try:
+            conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _NO_TIMEOUT)
+            conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _NO_TIMEOUT)
+        except OSError:
+            pass  # closed: finish_request closes the connection
+        if took > INLINE_SLOW_SECONDS:
+            self.inline_paused_until = time.monotonic() + INLINE_PAUSE_SECONDS
+            self.log.warning(
+                "a request took %.3f s on the event loop; the pool's threads take such "
+                "requests for the next %g s",
+                took,
+                INLINE_PAUSE_SECONDS,
+            )
+        self.finish_request(conn, done)
 
     def _stop_reading(self, conn: TConn) -> None:
         self.reading.pop(conn.sock.fileno(), None)
@@ -283,9 +381,11 @@ class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]
                 conn.sock.setblocking(False)
                 self._await_request(conn)
                 conn.prebuffer += pending
-                if request_complete(conn.prebuffer, self.body_limit):
+                state = request_state(conn.prebuffer, self.body_limit)
+                if state is not _INCOMPLETE:
                     self._stop_reading(conn)
-                    self.enqueue_req(conn)
+                    # on the next loop turn: a long pipeline must not recurse through here
+                    self.method_queue.defer(self._dispatch, conn, state)
                 return
         super().finish_request(conn, fs)
 

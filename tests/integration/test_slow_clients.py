@@ -208,3 +208,37 @@ def test_keep_alive_connections_are_spread_evenly_over_the_workers(
             time.sleep(0.2)
     finally:
         web.stop()
+
+
+# ------------------------------------------------- callbacks on the event loop
+def test_a_silent_redis_holds_an_inline_callback_a_quarter_second_not_the_edge(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """A callback is answered on the worker's event loop (web/gthread.py), where its wait
+    for Redis is bounded: a Redis that accepts and never answers gets it spooled at once,
+    /healthz stays answered, and callbacks go to the pool's threads for a while."""
+    from tests.support.processes import start_web
+    from web.gthread import INLINE_SOCKET_SECONDS
+
+    silent = socket.create_server(("127.0.0.1", 0))  # never accepts, reads or answers
+    port = free_port()
+    spool = tmp_path / "spool"
+    log = tmp_path / "web.log"
+    web = start_web(
+        {**env, "WEB_CONCURRENCY": "1", "SPOOL_DIR": str(spool),
+         "REDIS_URL": f"redis://127.0.0.1:{silent.getsockname()[1]}/0"},
+        log,
+        port,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        took, status = timed(lambda: requests.post(
+            base + URL, data={"CallSid": "silentredis1", "Status": "completed"}, timeout=5))
+        assert status == 200 and INLINE_SOCKET_SECONDS <= took < 1.0, (took, status)
+        assert len(list(spool.glob("*.json"))) == 1
+        took, status = timed(lambda: requests.get(f"{base}/healthz", timeout=1))
+        assert status == 200 and took < 1.0, (took, status)
+        wait_for(lambda: "on the event loop" in log.read_text(), timeout=5)
+    finally:
+        web.stop()
+        silent.close()

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
+from redis.retry import Retry
 
 from worker import jobs, keys, metrics
 from worker.calls import readiness, stored, timeline
@@ -230,6 +232,19 @@ class Intake:
         result = int(self._run(_ACCEPT_KEYS, args))
         return Accepted(duplicate=result == 0, fetch_booked=result == 2, dropped=result == 3)
 
+    def bound_waits(self, seconds: float) -> bool:
+        """On the calling thread, wait at most ``seconds`` for Redis, and never retry.
+
+        For a thread that must not block long, such as the web worker's event
+        loop (web/gthread.py): its own connection connects and reads with this
+        timeout and no retries, so a slow or unreachable Redis raises a
+        ``RedisError`` within ``seconds`` (and the callback is spooled). False
+        when this client has no connection of its own to give the thread.
+        """
+        self._own.conn = None
+        self._own.bound = seconds
+        return self._own.connection(self.redis) is not None
+
     def _run(self, numkeys: int, keys_and_args: tuple[Any, ...]) -> Any:
         """EVALSHA the intake script; loaded again if this Redis does not know it (a
         restart, a flush)."""
@@ -297,6 +312,8 @@ class _OwnConnections(threading.local):
     pid = 0
     #: hiredis packs a command exactly as this connection would (its encoder is hiredis's).
     hiredis = False
+    #: This thread's longest wait for Redis, without retries (Intake.bound_waits); None: the pool's.
+    bound: float | None = None
 
     def connection(self, client: Redis) -> Any:
         if self.conn is not None and self.pid == os.getpid():
@@ -305,6 +322,15 @@ class _OwnConnections(threading.local):
         if getattr(client, "connection", None) is not None or not hasattr(pool, "make_connection"):
             return None  # a single-connection client, or something else: use it as it is
         self.conn, self.pid = pool.make_connection(), os.getpid()  # type: ignore[union-attr]
+        if self.bound is not None:
+            for name in (
+                "socket_timeout",
+                "socket_connect_timeout",
+                "orig_socket_timeout",
+                "orig_socket_connect_timeout",
+            ):
+                setattr(self.conn, name, self.bound)
+            self.conn.retry = Retry(NoBackoff(), 0)
         self.hiredis = hiredis is not None and self.conn.pack_command(*_PROBE) == [_pack(_PROBE)]
         return self.conn
 
