@@ -226,11 +226,14 @@ def queue_claim(
 ) -> None:
     """Mark the delivery pending, queued on ``pipe``; :func:`deliver_once` takes the answer."""
     scripts.queue(
-        pipe,
-        _CLAIM,
-        [keys.ledger(call_sid, account)],
-        [sink_name, retention_seconds, "1" if force else ""],
+        pipe, _CLAIM, *_claim_keys_args(call_sid, sink_name, retention_seconds, force, account)
     )
+
+
+def _claim_keys_args(
+    call_sid: str, sink_name: str, retention_seconds: int, force: bool, account: str
+) -> tuple[list[str], list[str | int]]:
+    return [keys.ledger(call_sid, account)], [sink_name, retention_seconds, "1" if force else ""]
 
 
 def deliver_once(
@@ -256,10 +259,10 @@ def deliver_once(
     call_sid = str(record["call_sid"])
     raw = claimed
     if raw is None:
-        raw = redis.register_script(_CLAIM)(
-            keys=[keys.ledger(call_sid, account)],
-            args=[sink.name, retention_seconds, "1" if force else ""],
+        claim_keys, claim_args = _claim_keys_args(
+            call_sid, sink.name, retention_seconds, force, account
         )
+        raw = redis.register_script(_CLAIM)(keys=claim_keys, args=claim_args)
     prior = raw.decode() if isinstance(raw, bytes) else str(raw)
     if prior and not prior.startswith(PENDING) and not force:
         already = metrics.DeliveryOutcome.ALREADY
