@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -138,9 +138,9 @@ def run_batch(rt: Runtime, batch: Batch) -> list[Outcome]:
         turns = _Turns(len(items))
 
         def lane() -> None:
-            Lane(turns, lambda i: opening(items[i])).run(
-                lambda i, this: outcomes.__setitem__(i, run(items[i], this))
-            )
+            this = Lane(turns, lambda i: opening(items[i]))
+            for i in this:
+                outcomes[i] = run(items[i], this)
 
         threads = rt.settings.fetch_concurrency if first.kind == jobs.FETCH else 1
         threads = min(threads, len(items))
@@ -180,11 +180,12 @@ class Lane:
         self._taken = False
         self.opening: pipeline.Opening | None = None  # the current job's, if it went ahead
 
-    def run(self, job: Callable[[int, Lane], object]) -> None:
+    def __iter__(self) -> Iterator[int]:
+        """The indices of this thread's jobs, each taken when the one before ends or commits."""
         index = self._turns.take()
         while index is not None:
             self._taken, self._following = False, None
-            job(index, self)
+            yield index
             if self._taken:
                 index = self._following
             else:
