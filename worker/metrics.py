@@ -97,11 +97,13 @@ HELP: dict[Counter, str] = {
 E2E_BUCKETS = (1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
 
 # Scripts that count start with this and pass bucket_keys() as their last 3 KEYS.
-LUA = """
+LUA = f"""
 local function metric(k_total, k_minute, k_hour, field, n)
   redis.call('HINCRBY', k_total, field, n)
-  if redis.call('HINCRBY', k_minute, field, n) == n then redis.call('EXPIRE', k_minute, 3900) end
-  if redis.call('HINCRBY', k_hour, field, n) == n then redis.call('EXPIRE', k_hour, 90000) end
+  if redis.call('HINCRBY', k_minute, field, n) == n then
+    redis.call('EXPIRE', k_minute, {MINUTE_TTL})
+  end
+  if redis.call('HINCRBY', k_hour, field, n) == n then redis.call('EXPIRE', k_hour, {HOUR_TTL}) end
 end
 """
 

@@ -70,13 +70,12 @@ Commit = Callable[["Pipeline"], "Settle | None"]
 Reads = Callable[["Pipeline"], object]
 
 
-def execute_with(pipe: Pipeline, commit: Commit | None) -> list[Any]:
+def execute_with(pipe: Pipeline, commit: Commit | None) -> None:
     """Queue ``commit`` last on ``pipe``, send it, and settle what the commit asked for."""
     settle = commit(pipe) if commit is not None else None
     results = pipe.execute()
     if settle is not None:
         settle(results)
-    return results
 
 
 def job_key(job_id: str) -> str:
