@@ -50,6 +50,7 @@ import socket
 import struct
 import time
 from concurrent.futures import Future
+from enum import StrEnum
 from functools import partial
 from typing import Any, Protocol
 
@@ -161,40 +162,41 @@ def buffering_worker(max_body_bytes: int, processes: int = 1) -> type[BufferingT
     )
 
 
-def request_complete(data: bytes | bytearray, body_limit: int) -> bool:
-    """True when ``data`` holds a whole request head and as much body as is worth waiting for.
+class RequestState(StrEnum):
+    """How much of a request :func:`request_state` found buffered."""
+
+    INCOMPLETE = "incomplete"  # not yet: keep reading
+    COMPLETE = "complete"  # enough to hand on: the rest, if any, is the app's to read or refuse
+    WHOLE = "whole"  # every byte of it here, framed by its length
+
+
+def request_state(data: bytes | bytearray, body_limit: int) -> RequestState:
+    """Whether ``data`` holds a whole request head and as much body as is worth waiting for.
 
     The body is awaited only when its length is known and not over
     ``body_limit`` (the app refuses a longer one without reading it). With
     ``Expect: 100-continue`` the client waits for us, so the head is enough.
+    ``WHOLE``: a ``Content-Length`` body within the limit, all of it read, no
+    ``Expect``, no chunks; only such a request can be answered without
+    waiting for its client.
     """
-    return request_state(data, body_limit) is not _INCOMPLETE
-
-
-#: request_state's answers: not yet; enough to hand on; every byte of it here, framed by length.
-_INCOMPLETE, _COMPLETE, _WHOLE = "incomplete", "complete", "whole"
-
-
-def request_state(data: bytes | bytearray, body_limit: int) -> str:
-    """:func:`request_complete`, telling also whether the request is all here (``"whole"``):
-    a ``Content-Length`` body within the limit, all of it read, no ``Expect``, no chunks.
-    Only such a request can be answered without waiting for its client."""
     end = data.find(b"\r\n\r\n")
     if end < 0:
-        return _COMPLETE if len(data) > MAX_HEAD_BYTES else _INCOMPLETE
+        return RequestState.COMPLETE if len(data) > MAX_HEAD_BYTES else RequestState.INCOMPLETE
     head = bytes(data[:end]).lower()
     if _EXPECT.search(head):
-        return _COMPLETE
+        return RequestState.COMPLETE
     body = len(data) - end - 4
     if _CHUNKED.search(head):
-        return _COMPLETE if body > body_limit or data.endswith(b"0\r\n\r\n") else _INCOMPLETE
+        done = body > body_limit or data.endswith(b"0\r\n\r\n")
+        return RequestState.COMPLETE if done else RequestState.INCOMPLETE
     match = _CONTENT_LENGTH.search(head)
     if match is None:
-        return _COMPLETE
+        return RequestState.COMPLETE
     length = int(match.group(1))
     if length > body_limit:
-        return _COMPLETE
-    return _WHOLE if body >= length else _INCOMPLETE
+        return RequestState.COMPLETE
+    return RequestState.WHOLE if body >= length else RequestState.INCOMPLETE
 
 
 class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]
@@ -300,14 +302,14 @@ class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]
             return
         conn.prebuffer += data
         state = request_state(conn.prebuffer, self.body_limit)
-        if state is not _INCOMPLETE:
+        if state is not RequestState.INCOMPLETE:
             self._stop_reading(conn)
             self._dispatch(conn, state)
 
-    def _dispatch(self, conn: TConn, state: str) -> None:
+    def _dispatch(self, conn: TConn, state: RequestState) -> None:
         """A request to handle: here when it is whole and the app allows it, else by a thread."""
         if (
-            state is _WHOLE
+            state is RequestState.WHOLE
             and self.inline_prefixes
             and conn.prebuffer.startswith(self.inline_prefixes)
             and time.monotonic() >= self.inline_paused_until
@@ -382,7 +384,7 @@ class BufferingThreadWorker(ThreadWorker):  # type: ignore[misc]
                 self._await_request(conn)
                 conn.prebuffer += pending
                 state = request_state(conn.prebuffer, self.body_limit)
-                if state is not _INCOMPLETE:
+                if state is not RequestState.INCOMPLETE:
                     self._stop_reading(conn)
                     # on the next loop turn: a long pipeline must not recurse through here
                     self.method_queue.defer(self._dispatch, conn, state)

@@ -13,7 +13,6 @@ from web.gthread import (
     MAX_HEAD_BYTES,
     PLACEMENT_STALE_SECONDS,
     Placement,
-    request_complete,
     request_state,
 )
 from worker.calls.callbacks import event_from_fields
@@ -44,7 +43,7 @@ FORM = b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Type: application/x-www-form-url
     ],
 )
 def test_request_complete(data: bytes, complete: bool) -> None:
-    assert request_complete(data, LIMIT) is complete
+    assert (request_state(data, LIMIT) != "incomplete") is complete
 
 
 @pytest.mark.parametrize(
@@ -65,7 +64,6 @@ def test_request_complete(data: bytes, complete: bool) -> None:
 )
 def test_request_state_tells_a_whole_request(data: bytes, state: str) -> None:
     assert request_state(data, LIMIT) == state
-    assert request_complete(data, LIMIT) is (state != "incomplete")
 
 
 def test_bound_waits_gives_up_on_a_silent_redis_at_once_on_that_thread_only() -> None:
